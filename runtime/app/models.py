@@ -1,0 +1,50 @@
+"""Model and pool configuration: what ``Metadata.llmfn.models`` in the template
+and ``llmfn serve --model`` declare."""
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PoolConfig(BaseModel):
+    """How one model's workers are run and scaled."""
+    model_config = ConfigDict(extra="forbid")
+
+    min_workers: int = Field(0, ge=0, description="Workers kept warm; 0 scales to zero.")
+    max_workers: int = Field(1, ge=1, description="Upper bound of worker processes.")
+    idle_timeout: float = Field(300.0, gt=0, description="Seconds without a request before a worker exits.")
+    slots: int = Field(1, ge=1, le=64, description="Requests in flight per worker.")
+    queue_limit: int = Field(64, ge=0, description="Requests that may wait for a slot; more get 503.")
+    cold_start_timeout: float = Field(120.0, gt=0, description="Longest a request waits on a cold start.")
+    queue_timeout: float = Field(300.0, gt=0, description="Longest a request waits for a busy slot.")
+    n_ctx: int = Field(4096, ge=64, description="Context length of each slot, in tokens.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1: all, 0: CPU only).")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads per worker (default: llama.cpp's).")
+    n_batch: int = Field(512, ge=1, description="Prompt batch size.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PoolConfig":
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+
+class ModelConfig(BaseModel):
+    """One served model: its name in the API, where its GGUF comes from, its pool."""
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    source: str = "embedded"
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+
+
+def parse_model_flag(flag: str, pool: PoolConfig | None = None) -> ModelConfig:
+    """``NAME=SOURCE`` or just ``SOURCE`` (the name is the file's stem)."""
+    name, sep, source = flag.partition("=")
+    if not sep:
+        source = flag
+        stem = source.rstrip("/").rsplit("/", 1)[-1]
+        name = re.sub(r"\.gguf$", "", stem) if source != "embedded" else "gemma3-270m"
+    return ModelConfig(name=name, source=source, pool=pool or PoolConfig())

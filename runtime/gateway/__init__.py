@@ -1,0 +1,7 @@
+"""The OpenAI-compatible HTTP API (aiohttp): routes, auth, errors, SSE,
+metrics and the OpenAPI document. It validates, counts tokens with the
+model's own tokenizer and dispatches to ``runtime.pool``; it never runs a
+model itself."""
+from runtime.gateway.app import build_app, GatewayConfig
+
+__all__ = ["build_app", "GatewayConfig"]

@@ -1,0 +1,97 @@
+"""Prometheus metrics (``GET /metrics``) and the per-call meter that feeds them."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from runtime.pool import Pools
+
+_LATENCY = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llmfn_requests", "LLM requests by model, endpoint and outcome.",
+                                ["model", "endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("llmfn_prompt_tokens", "Prompt (input) tokens.", ["model"], registry=r)
+        self.completion_tokens = Counter("llmfn_completion_tokens", "Completion (output) tokens.",
+                                         ["model"], registry=r)
+        self.cached_tokens = Counter("llmfn_cached_tokens", "Prompt tokens served from the KV cache.",
+                                     ["model"], registry=r)
+        self.ttft = Histogram("llmfn_time_to_first_token_seconds", "Time to first token.", ["model"],
+                              buckets=_LATENCY, registry=r)
+        self.latency = Histogram("llmfn_request_duration_seconds", "Request duration.",
+                                 ["model", "endpoint"], buckets=_LATENCY, registry=r)
+        self.cold_starts = Counter("llmfn_cold_starts", "Worker cold starts.", ["model"], registry=r)
+        self.cold_start_seconds = Histogram("llmfn_cold_start_seconds", "Cold start duration to ready.",
+                                            ["model"], buckets=(.5, 1, 2, 5, 10, 30, 60, 120, 300),
+                                            registry=r)
+
+    def observe_cold_start(self, model: str, info: dict) -> None:
+        self.cold_starts.labels(model).inc()
+        self.cold_start_seconds.labels(model).observe(info["ready_s"])
+
+    def watch_pools(self, pools: "Pools") -> None:
+        self.registry.register(_PoolCollector(pools))
+
+    def meter(self, model: str, endpoint: str) -> "CallMeter":
+        return CallMeter(self, model, endpoint)
+
+
+class _PoolCollector:
+    """Queue lengths and workers per state, read from the pools at scrape time."""
+
+    def __init__(self, pools: "Pools"):
+        self.pools = pools
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        queue = GaugeMetricFamily("llmfn_queue_length", "Requests waiting for a slot.", labels=["model"])
+        workers = GaugeMetricFamily("llmfn_workers", "Worker processes by state.", labels=["model", "state"])
+        in_flight = GaugeMetricFamily("llmfn_in_flight", "Requests being served.", labels=["model"])
+        for pool in self.pools:
+            st = pool.status()
+            queue.add_metric([pool.name], st["queued"])
+            in_flight.add_metric([pool.name], st["in_flight"])
+            for state, n in st["workers"].items():
+                workers.add_metric([pool.name, state], n)
+        yield from (queue, workers, in_flight)
+
+
+class CallMeter:
+    """Times one LLM call and records its outcome once."""
+
+    def __init__(self, metrics: Metrics, model: str, endpoint: str):
+        self.metrics, self.model, self.endpoint = metrics, model, endpoint
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.monotonic() - self.started
+            self.metrics.ttft.labels(self.model).observe(self.ttft)
+
+    def done(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
+        m = self.metrics
+        m.requests.labels(self.model, self.endpoint, status).inc()
+        m.latency.labels(self.model, self.endpoint).observe(time.monotonic() - self.started)
+        if prompt:
+            m.prompt_tokens.labels(self.model).inc(prompt)
+        if completion:
+            m.completion_tokens.labels(self.model).inc(completion)
+        if cached:
+            m.cached_tokens.labels(self.model).inc(cached)
+
+
+def metrics_handler(metrics: Metrics):
+    async def handle(request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(metrics.registry))
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+    return handle

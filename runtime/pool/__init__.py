@@ -1,0 +1,42 @@
+"""Model pools: worker processes running llama.cpp (``worker``, ``engine``),
+scaled to zero and back (``pool``), the model store that turns ``s3://``, local
+and embedded sources into local GGUF files (``store``), and the vocab-only
+tokenizer the gateway counts with (``tokenizer``). Knows nothing of HTTP
+routes, keys or quotas."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable
+
+from runtime.app.models import ModelConfig
+from runtime.errors import ModelNotFound
+from runtime.pool.pool import Lease, ModelPool
+from runtime.pool.store import ModelStore
+
+__all__ = ["Lease", "ModelPool", "ModelStore", "Pools"]
+
+
+class Pools:
+    """Every configured model's pool, by model name."""
+
+    def __init__(self, models: Iterable[ModelConfig], store: ModelStore, *,
+                 on_cold_start: Callable[[str, dict[str, Any]], None] | None = None):
+        self.store = store
+        self.by_name: dict[str, ModelPool] = {
+            m.name: ModelPool(m, store, on_cold_start=on_cold_start) for m in models}
+
+    def get(self, name: str) -> ModelPool:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise ModelNotFound(f"The model '{name}' does not exist", param="model") from None
+
+    def __iter__(self):
+        return iter(self.by_name.values())
+
+    async def start(self) -> None:
+        for pool in self:
+            await pool.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self), return_exceptions=True)

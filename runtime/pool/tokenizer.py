@@ -1,0 +1,43 @@
+"""The model's own tokenizer, loaded vocab-only (no weights) in the gateway,
+so prompt sizes are known exactly before a request is dispatched. It also
+renders chat messages with the model's chat template from the GGUF."""
+from __future__ import annotations
+
+import threading
+
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+# Base models ship no chat template: a plain transcript they can continue.
+_FALLBACK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+class ModelTokenizer:
+    def __init__(self, model_path: str):
+        self._llm = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        self._lock = threading.Lock()  # a llama vocab is not documented as thread-safe
+        self.n_ctx_train = int(self._llm.metadata.get(
+            f"{self._llm.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
+        eos = self._llm.token_eos()
+        bos = self._llm.token_bos()
+        text = self._llm._model.token_get_text
+        self._chat = Jinja2ChatFormatter(
+            template=self._llm.metadata.get("tokenizer.chat_template", _FALLBACK_TEMPLATE),
+            eos_token=text(eos) if eos != -1 else "",
+            bos_token=text(bos) if bos != -1 else "",
+            add_generation_prompt=True)
+
+    def encode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        with self._lock:
+            return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def decode(self, tokens: list[int]) -> str:
+        with self._lock:
+            return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Messages -> prompt tokens, exactly as the model will see them."""
+        result = self._chat(messages=messages, tools=tools)
+        return self.encode(result.prompt, add_bos=not result.added_special, special=True)

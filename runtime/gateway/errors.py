@@ -61,6 +61,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic names union branches in error locations (``str``, ``list[int]``); they are no field."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request's JSON validated against ``model``; bad input is a 400 naming the field."""
     raw = await request.read()
@@ -75,7 +83,7 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("str", "list", "function")))
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"Invalid value for '{loc or 'body'}': {msg}" if loc else msg,
                              param=loc or None, code="invalid_value") from None

@@ -136,11 +136,11 @@ class Generation:
                 async for item in run_choice(self.pool, payload, self.meter):
                     if item.get("done"):
                         self._account(item, index % self.req.n == 0)
+                        self._partial = 0
                         await out.send(self._chunk(index, finish=_finish(item), usage=self._running(opts)))
                     else:
                         self._partial = item["tokens"]
                         await out.send(self._chunk(index, text=item["text"], usage=self._running(opts)))
-                self._partial = 0
         except LlmfnError as err:
             if not out.started:
                 raise

@@ -482,7 +482,7 @@ def _threadsafe(loop: asyncio.AbstractEventLoop, progress: ProgressCallback) -> 
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive across processes; the lock file stays, removing it would race."""
     with open(f"{path}{_LOCK_SUFFIX}", "a") as handle:
-        pass
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -282,12 +282,13 @@ def test_two_processes_download_once(s3_server, s3_bucket, tmp_path):
             assert proc.stdout.readline().strip() == "ready"
         for proc in procs:
             proc.stdin.write("go\n")
-            proc.stdin.flush()
+            proc.stdin.close()
         time.sleep(0.3)  # both reach the lock; were it missing, both would download now
         fcntl.flock(held, fcntl.LOCK_UN)
     reports = []
     for proc in procs:
-        out = proc.stdout.read()
+        with proc.stdout:
+            out = proc.stdout.read()
         proc.wait(timeout=60)
         assert proc.returncode == 0
         reports.append(json.loads(out.strip().splitlines()[-1]))

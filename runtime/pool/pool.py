@@ -19,7 +19,7 @@ import aiohttp
 
 from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
-from runtime.pool.store import ModelStore
+from runtime.pool.store import FetchResult, ModelStore
 from runtime.pool.tokenizer import ModelTokenizer
 
 log = logging.getLogger("llmfn.pool")
@@ -68,8 +68,8 @@ class Lease:
                     if item.get("done"):
                         return
         except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
-            raise self.pool.worker_failed(self.worker, exc) from None
-        raise self.pool.worker_failed(self.worker, EOFError("stream ended early"))
+            raise await self.pool.worker_failed(self.worker, exc) from None
+        raise await self.pool.worker_failed(self.worker, EOFError("stream ended early"))
 
     async def embed(self, texts: list[str]) -> dict[str, Any]:
         try:
@@ -77,7 +77,7 @@ class Lease:
                 resp.raise_for_status()
                 return await resp.json()
         except (aiohttp.ClientError, ConnectionError) as exc:
-            raise self.pool.worker_failed(self.worker, exc) from None
+            raise await self.pool.worker_failed(self.worker, exc) from None
 
 
 class ModelPool:
@@ -96,6 +96,8 @@ class ModelPool:
         self._http: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task | None = None
         self._prep: asyncio.Task | None = None
+        self._fetch_task: asyncio.Task | None = None
+        self._fetch_started = 0.0
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------
@@ -149,10 +151,10 @@ class ModelPool:
 
     async def ensure_tokenizer(self) -> ModelTokenizer:
         """The model's own tokenizer (vocab only), for exact counts before dispatch.
-        Fetching the model is shared by every caller and bounded by the cold-start limit."""
+        Fetching the model is shared with the cold start and bounded by its limit."""
         if self.tokenizer is not None:
             return self.tokenizer
-        if self._prep is None or (self._prep.done() and self._prep.exception() is not None):
+        if _failed(self._prep):
             self._prep = asyncio.create_task(self._load_tokenizer(), name=f"prepare:{self.name}")
         timeout = self.config.pool.cold_start_timeout
         try:
@@ -162,10 +164,19 @@ class ModelPool:
                                retry_after=5) from None
 
     async def _load_tokenizer(self) -> ModelTokenizer:
-        fetched = await self.store.fetch(self.name, self.config.source, sha256=self.config.sha256)
+        fetched = await asyncio.shield(self._fetch())
         loop = asyncio.get_running_loop()
         self.tokenizer = await loop.run_in_executor(None, ModelTokenizer, str(fetched.path))
         return self.tokenizer
+
+    def _fetch(self) -> asyncio.Task[FetchResult]:
+        """One fetch of the model file per cold period, shared by every waiter."""
+        if _failed(self._fetch_task):
+            self._fetch_started = time.monotonic()
+            self._fetch_task = asyncio.create_task(
+                self.store.fetch(self.name, self.config.source, sha256=self.config.sha256),
+                name=f"fetch:{self.name}")
+        return self._fetch_task
 
     # ---- admission -----------------------------------------------------------
 
@@ -260,7 +271,9 @@ class ModelPool:
     async def _cold_start(self, worker: Worker) -> None:
         t0 = time.monotonic()
         try:
-            fetched = await self.store.fetch(self.name, self.config.source, sha256=self.config.sha256)
+            fetch = self._fetch()
+            t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
+            fetched = await asyncio.shield(fetch)
             await self.ensure_tokenizer()
             t_fetch = time.monotonic()
             log.info("model %s: starting a worker (%s)", self.name,
@@ -276,6 +289,7 @@ class ModelPool:
             "fetch_s": round(t_fetch - t0, 4), "process_start_s": round(spawn_s, 4),
             "load_s": ready["load_s"], "ready_s": round(now - t0, 4), "first_token_s": None}
         worker.state, worker.ready_at, worker.last_used = "warm", now, now
+        self._fetch_task = None  # the next cold start checks the cache (and S3) again
         self.cold_starts += 1
         self.last_cold_start = worker.cold_start
         log.info("model %s: worker pid %s warm in %.2fs (fetch %.2fs, process %.2fs, load %.2fs)",
@@ -340,8 +354,14 @@ class ModelPool:
                 self._scale_up()
             self._ensure_min()
 
-    def worker_failed(self, worker: Worker, exc: BaseException) -> UpstreamError:
-        dead = worker.proc is not None and worker.proc.returncode is not None
+    async def worker_failed(self, worker: Worker, exc: BaseException) -> UpstreamError:
+        dead = False
+        if worker.proc is not None:
+            try:  # a broken connection usually means the process is exiting: give it a moment
+                await asyncio.wait_for(asyncio.shield(worker.proc.wait()), 1.0)
+                dead = True
+            except asyncio.TimeoutError:
+                pass
         what = "died" if dead else "failed"
         log.warning("model %s: worker pid %s %s mid-request (%s)", self.name, worker.pid, what,
                     type(exc).__name__)
@@ -385,3 +405,10 @@ class ModelPool:
                 await proc.wait()
         if worker in self.workers:
             self.workers.remove(worker)
+
+
+def _failed(task: asyncio.Task | None) -> bool:
+    """True when there is no task, or it ended without a result (so start another)."""
+    if task is None:
+        return True
+    return task.done() and (task.cancelled() or task.exception() is not None)

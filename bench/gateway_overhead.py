@@ -1,0 +1,178 @@
+"""What the gateway adds to a request: the same prompt sent straight to a
+llama.cpp worker (``POST /generate`` with token ids) and through the gateway
+(``/v1/completions``), each side on its own warm one-slot worker of the same
+model, alternately (never at once: both share the same CPU cores).
+
+Prints p50/p95 of the added latency (gateway minus direct, paired request by
+request) for whole responses, and of the added time to first token for
+streams, with the gateway/direct ratio of the medians.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 30] [--max-tokens 8]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from _common import (EMBEDDED, PROMPT, Gateway, bars, completion_body, default_cache_dir,
+                     embedded_model, figures_line, keepalive_session, log, percentile, ratio,
+                     stream_completion)
+
+from runtime.pool.tokenizer import ModelTokenizer
+
+
+@dataclass
+class Timing:
+    ttft_s: float
+    total_s: float
+    text: str
+
+
+class DirectWorker:
+    """One worker process started by hand, as the pool would start it."""
+
+    def __init__(self, model: Path, n_ctx: int, n_threads: int):
+        self.cmd = [sys.executable, "-m", "runtime.pool.worker", "--model", str(model),
+                    "--slots", "1", "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)]
+        self.url = ""
+
+    async def __aenter__(self) -> "DirectWorker":
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        ready = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 120) or b"{}")
+        if ready.get("event") != "ready":
+            raise RuntimeError(f"worker failed to start: {ready}")
+        self.url = f"http://127.0.0.1:{ready['port']}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.proc.stdin.close()  # the worker exits when its stdin closes
+        await asyncio.wait_for(self.proc.wait(), 30)
+
+
+def worker_payload(tokens: list[int], max_tokens: int) -> dict:
+    """What the gateway sends its worker for ``temperature: 0`` and default sampling."""
+    return {"prompt_tokens": tokens, "max_tokens": max_tokens, "stop": [], "temperature": 0,
+            "top_p": 1, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1,
+            "presence_penalty": 0, "frequency_penalty": 0, "seed": None}
+
+
+async def direct(http: aiohttp.ClientSession, url: str, payload: dict) -> Timing:
+    t0 = time.perf_counter()
+    ttft, parts = math.nan, []
+    async with http.post(f"{url}/generate", json=payload) as resp:
+        resp.raise_for_status()
+        async for line in resp.content:
+            item = json.loads(line)
+            if item.get("text"):
+                ttft = ttft if parts else time.perf_counter() - t0
+                parts.append(item["text"])
+            if item.get("done"):
+                break
+    return Timing(ttft, time.perf_counter() - t0, "".join(parts))
+
+
+async def via_gateway_whole(http: aiohttp.ClientSession, url: str, body: dict) -> Timing:
+    t0 = time.perf_counter()
+    async with http.post(f"{url}/v1/completions", json=body) as resp:
+        data = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {data}")
+    return Timing(math.nan, time.perf_counter() - t0, data["choices"][0]["text"])
+
+
+async def via_gateway_stream(http: aiohttp.ClientSession, url: str, body: dict) -> Timing:
+    s = await stream_completion(http, url, body)
+    return Timing(s.ttft_s, s.total_s, s.text)
+
+
+async def paired(n: int, run_direct, run_gateway) -> list[tuple[Timing, Timing]]:
+    """n (direct, gateway) pairs; which goes first alternates, so drift hits both."""
+    pairs = []
+    for i in range(n):
+        if i % 2 == 0:
+            d = await run_direct()
+            g = await run_gateway()
+        else:
+            g = await run_gateway()
+            d = await run_direct()
+        pairs.append((d, g))
+    return pairs
+
+
+def summary(prefix: str, direct_s: list[float], gateway_s: list[float]) -> dict[str, float]:
+    added = [(g - d) * 1000 for d, g in zip(direct_s, gateway_s)]
+    d50, g50 = percentile(direct_s, 50) * 1000, percentile(gateway_s, 50) * 1000
+    return {f"{prefix}_direct_p50_ms": d50, f"{prefix}_gateway_p50_ms": g50,
+            f"{prefix}_added_p50_ms": percentile(added, 50),
+            f"{prefix}_added_p95_ms": percentile(added, 95),
+            f"{prefix}_ratio": ratio(g50, d50)}
+
+
+def check_same_output(pairs: list[tuple[Timing, Timing]], label: str) -> None:
+    """Temperature 0 on the same model: both sides should say the same thing."""
+    differ = sum(d.text != g.text for d, g in pairs)
+    if differ:
+        log(f"warning: {label}: {differ}/{len(pairs)} pairs generated different text")
+
+
+async def run(args: argparse.Namespace) -> dict:
+    model = await embedded_model(args.cache_dir)
+    tokens = ModelTokenizer(str(model)).encode(PROMPT, add_bos=True, special=True)
+    payload = worker_payload(tokens, args.max_tokens)
+    body = completion_body(EMBEDDED, args.max_tokens)
+    pool = dict(min_workers=1, max_workers=1, slots=1, n_ctx=args.n_ctx, n_threads=args.n_threads,
+                idle_timeout=3600)
+    log(f"starting a worker and a gateway on {model.name} ({len(tokens)} prompt tokens)")
+    async with DirectWorker(model, args.n_ctx, args.n_threads) as worker, \
+            Gateway([f"{EMBEDDED}=embedded"], args.cache_dir, pool=pool) as gw, \
+            keepalive_session() as http:
+        await gw.wait_pool(http, EMBEDDED, state="warm", warm=1)
+        whole = (lambda: direct(http, worker.url, payload),
+                 lambda: via_gateway_whole(http, gw.url, body))
+        stream = (lambda: direct(http, worker.url, payload),
+                  lambda: via_gateway_stream(http, gw.url, body))
+        log(f"warming up ({args.warmup} pairs each)")
+        await paired(args.warmup, *whole)
+        await paired(args.warmup, *stream)
+        log(f"whole responses: {args.requests} pairs, max_tokens={args.max_tokens}")
+        whole_pairs = await paired(args.requests, *whole)
+        log(f"streams: {args.requests} pairs, time to first token")
+        stream_pairs = await paired(args.requests, *stream)
+    check_same_output(whole_pairs, "whole")
+    check_same_output(stream_pairs, "stream")
+    return {"n": args.requests, "max_tokens": args.max_tokens, "prompt_tokens": len(tokens),
+            **summary("whole", [d.total_s for d, _ in whole_pairs], [g.total_s for _, g in whole_pairs]),
+            **summary("ttft", [d.ttft_s for d, _ in stream_pairs], [g.ttft_s for _, g in stream_pairs])}
+
+
+def chart(f: dict) -> str:
+    return bars([("whole  direct", f["whole_direct_p50_ms"]), ("whole  gateway", f["whole_gateway_p50_ms"]),
+                 ("ttft   direct", f["ttft_direct_p50_ms"]), ("ttft   gateway", f["ttft_gateway_p50_ms"])],
+                unit="ms (p50)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=30, help="pairs per mode (whole, stream)")
+    p.add_argument("--warmup", type=int, default=3, help="pairs per mode not counted")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--n-ctx", type=int, default=512)
+    p.add_argument("--n-threads", type=int, default=2, help="llama.cpp threads of each worker")
+    p.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    args = p.parse_args()
+    figures = asyncio.run(run(args))
+    print(chart(figures), file=sys.stderr)
+    print(figures_line("gateway_overhead", figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -76,7 +76,8 @@ def stacked_bars(rows: Sequence[tuple[str, Sequence[tuple[str, float]]]], *,
     for label, parts in rows:
         bar = "".join(shade[name] * round(max(v, 0) / longest * width) for name, v in parts)
         total = sum(max(v, 0) for _, v in parts)
-        lines.append(f"  {label:<{label_w}} {bar:<{width}} {total:7.2f} {unit}")
+        detail = ", ".join(f"{shade[name]} {v:.2f}" for name, v in parts) if len(parts) > 1 else ""
+        lines.append(f"  {label:<{label_w}} {bar:<{width}} {total:7.2f} {unit}  {detail}".rstrip())
     lines.append("  " + "  ".join(f"{shade[n]} {n}" for n in phases))
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,20 +58,35 @@ def _models(args: argparse.Namespace, settings: GatewaySettings):
 
 
 def serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    models = _models(args, settings)
+    asyncio.run(_serve(settings, models))
+    return 0
+
+
+async def _serve(settings: GatewaySettings, models) -> None:
     from aiohttp import web
 
     from runtime.gateway import GatewayConfig, build_app
     from runtime.pool import ModelStore
 
-    settings = _settings(args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    models = _models(args, settings)
     store = ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url)
     app = build_app(GatewayConfig(models=models, store=store, api_keys=settings.key_set()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # the real port when --port 0
     names = ", ".join(f"{m.name} ({m.source})" for m in models)
-    print(f"llmfn gateway on http://{settings.host}:{settings.port}  models: {names}", file=sys.stderr)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
-    return 0
+    print(f"llmfn gateway on http://{settings.host}:{port}  models: {names}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("llmfn: shutting down", file=sys.stderr, flush=True)
+    await runner.cleanup()  # stops every worker process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,7 @@ def _env_help(field: str) -> str:
     return f"{info.description} [env LLMFN_{field.upper()}]"
 
 
-def _serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="Run the gateway with the template's models.")
+def _gateway_flags(p) -> None:
     for field, flag in (("host", "--host"), ("port", "--port"), ("template", "--template"),
                         ("cache_dir", "--cache-dir"), ("s3_endpoint_url", "--s3-endpoint-url"),
                         ("api_keys", "--api-keys"), ("log_level", "--log-level")):
@@ -35,6 +34,39 @@ def _serve_parser(sub) -> None:
         env = f"LLMFN_{name.upper()}"
         p.add_argument("--" + name.replace("_", "-"), dest="pool_" + name, default=os.environ.get(env),
                        help=f"{info.description} For --model models. [env {env}]")
+
+
+def _add_commands(sub) -> None:
+    p = sub.add_parser("serve", help="Run the gateway with the template's models.")
+    _gateway_flags(p)
+
+    p = sub.add_parser("invoke", help="Invoke one function once (like sam local invoke).")
+    p.add_argument("function", help="Logical ID of the function in the template.")
+    p.add_argument("-e", "--event", help="Event JSON file, or - for standard input.")
+    p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
+    _gateway_flags(p)
+    p.set_defaults(port="0")
+
+    p = sub.add_parser("start-api", help="Serve the HttpApi/Api events as HTTP routes (like sam local start-api).")
+    p.add_argument("--api-port", "-p", dest="api_port", type=int,
+                   default=int(os.environ.get("LLMFN_API_PORT", "3000")), help="[env LLMFN_API_PORT]")
+    p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
+    _gateway_flags(p)
+
+    p = sub.add_parser("start-lambda", help="Serve the Lambda Invoke API (like sam local start-lambda).")
+    p.add_argument("--lambda-port", dest="lambda_port", type=int,
+                   default=int(os.environ.get("LLMFN_LAMBDA_PORT", "3001")), help="[env LLMFN_LAMBDA_PORT]")
+    p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
+    _gateway_flags(p)
+
+    p = sub.add_parser("generate-event", help="Print a sample event (like sam local generate-event).")
+    p.add_argument("service", help="apigateway | s3 | schedule")
+    p.add_argument("event", nargs="?", default=None, help="http | aws-proxy (apigateway), put (s3)")
+    p.add_argument("--bucket", default=None)
+    p.add_argument("--key", default=None)
+    p.add_argument("--method", default=None)
+    p.add_argument("--path", default=None)
+    p.add_argument("--body", default=None)
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
@@ -93,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="llmfn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+    _add_commands(sub)
     args = parser.parse_args(argv)
+    from runtime.commands import generate_event, invoke, start_api, start_lambda
+    commands = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
+                "generate-event": generate_event}
     try:
-        return {"serve": serve}[args.command](args)
-    except (TemplateError, ValueError) as exc:
+        return commands[args.command](args)
+    except (TemplateError, ValueError, FileNotFoundError) as exc:
         print(f"llmfn: {exc}", file=sys.stderr)
         return 2
 

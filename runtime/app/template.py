@@ -8,11 +8,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from runtime.app.functions import FunctionSpec, TemplateError, parse_function
 from runtime.app.models import ModelConfig, PoolConfig
-
-
-class TemplateError(ValueError):
-    """A template problem, naming the resource and property at fault."""
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -36,9 +33,17 @@ _CfnLoader.add_multi_constructor("!", _cfn_tag)
 class Template(BaseModel):
     path: Path | None = None
     models: list[ModelConfig] = Field(default_factory=list)
+    functions: dict[str, FunctionSpec] = Field(default_factory=dict)
     resources: dict[str, Any] = Field(default_factory=dict)
     globals: dict[str, Any] = Field(default_factory=dict)
     raw: dict[str, Any] = Field(default_factory=dict)
+
+    def function(self, name: str) -> FunctionSpec:
+        try:
+            return self.functions[name]
+        except KeyError:
+            known = ", ".join(self.functions) or "none"
+            raise TemplateError(f"no function '{name}' in the template (functions: {known})") from None
 
 
 def parse_template(doc: dict[str, Any], path: Path | None = None) -> Template:
@@ -57,8 +62,15 @@ def parse_template(doc: dict[str, Any], path: Path | None = None) -> Template:
                                       pool=PoolConfig(**spec.pop("pool", {}) or {}), **spec))
         except (ValidationError, TypeError) as exc:
             raise TemplateError(f"Metadata.llmfn.models.{name}: {_first_error(exc)}") from None
-    return Template(path=path, models=models, resources=doc.get("Resources") or {},
+    resources = doc.get("Resources") or {}
+    globals_fn = (doc.get("Globals") or {}).get("Function") or {}
+    base_dir = path.parent if path else Path.cwd()
+    functions = {name: parse_function(name, res, globals_fn, resources, base_dir)
+                 for name, res in resources.items()
+                 if isinstance(res, dict) and res.get("Type") == "AWS::Serverless::Function"}
+    return Template(path=path, models=models, functions=functions, resources=resources,
                     globals=doc.get("Globals") or {}, raw=doc)
+
 
 
 def load_template(path: str | Path) -> Template:

@@ -9,11 +9,13 @@ from aiohttp import web
 from runtime.app.models import ModelConfig
 from runtime.gateway import embeddings, generation
 from runtime.gateway import schemas as s
-from runtime.gateway.auth import StaticKeys, auth_middleware
+from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
+from runtime.gateway.calls import CallRecord, Calls
 from runtime.gateway.errors import errors_middleware
 from runtime.gateway.metrics import Metrics, metrics_handler
 from runtime.gateway.openapi import openapi_document
-from runtime.gateway.state import METRICS, POOLS
+from runtime.gateway.state import CALLS, INVOCATIONS, METRICS, POOLS
+from runtime.errors import NotFound
 from runtime.pool import ModelStore, Pools
 
 STARTED = web.AppKey("started", float)
@@ -55,6 +57,21 @@ async def admin_pools(request: web.Request) -> web.Response:
                               for p in request.app[POOLS]})
 
 
+async def invocation_usage(request: web.Request) -> web.Response:
+    """What the calling invocation has used so far (``context.llm_usage``)."""
+    principal = principal_of(request)
+    if principal.invocation_id is None:
+        raise NotFound("This route answers invocation tokens only")
+    return web.json_response(request.app[INVOCATIONS].usage(principal.invocation_id).as_dict())
+
+
+async def invocation_quota(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    if principal.invocation_id is None:
+        raise NotFound("This route answers invocation tokens only")
+    return web.json_response({"remaining_tokens": None})
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "models": {p.name: p.state for p in request.app[POOLS]}})
 
@@ -77,14 +94,30 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/health", health)
     r.add_get("/openapi.json", openapi)
     r.add_get("/admin/pools", admin_pools)
+    r.add_get("/v1/invocation/usage", invocation_usage)
+    r.add_get("/v1/invocation/quota", invocation_quota)
     r.add_get("/metrics", metrics_handler(app[METRICS]))
 
 
+def _tally(invocations: InvocationTokens):
+    def sink(call: CallRecord) -> None:
+        if call.principal.invocation_id is not None:
+            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens)
+    return sink
+
+
 def build_app(config: GatewayConfig) -> web.Application:
-    keys = StaticKeys(config.api_keys)
-    app = web.Application(middlewares=[errors_middleware, auth_middleware(keys)],
+    invocations = InvocationTokens()
+    auth = Authenticator(StaticKeys(config.api_keys), invocations)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware(auth)],
                           client_max_size=32 * 1024 * 1024)
     metrics = Metrics()
+    calls = Calls()
+    calls.sinks.append(metrics.observe_call)
+    calls.sinks.append(_tally(invocations))
+    calls.on_first_token.append(metrics.observe_ttft)
+    app[CALLS] = calls
+    app[INVOCATIONS] = invocations
     pools = Pools(config.models, config.store, on_cold_start=metrics.observe_cold_start)
     metrics.watch_pools(pools)
     app[METRICS] = metrics

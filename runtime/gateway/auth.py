@@ -1,22 +1,39 @@
-"""Who is calling: API keys in ``Authorization: Bearer``. With no key
-configured the gateway is a private endpoint and accepts any or no key."""
+"""Who is calling, and what they may use.
+
+- Invocation tokens (``llmfn-inv-...``), issued by the function runtime for one
+  invocation: one function, its allowed models, valid until the invocation ends.
+- API keys in ``Authorization: Bearer``. With no key configured the gateway is a
+  private endpoint and accepts any or no key.
+"""
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from cachetools import TTLCache
 
-from runtime.errors import AuthenticationFailed
+from runtime.errors import AuthenticationFailed, PermissionDenied
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+TOKEN_PREFIX = "llmfn-inv-"
 
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "anonymous" | "key"
+    kind: str  # "anonymous" | "key" | "function"
     name: str
+    invocation_id: str | None = None
+    models: frozenset[str] | None = None  # None: every model
+
+    def authorize(self, model: str) -> None:
+        if self.models is not None and model not in self.models:
+            what = f"function '{self.name}'" if self.kind == "function" else f"key '{self.name}'"
+            raise PermissionDenied(f"The {what} is not allowed to use the model '{model}'",
+                                   param="model")
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
@@ -36,28 +53,99 @@ class StaticKeys:
     def enabled(self) -> bool:
         return bool(self._hashes)
 
-    def authenticate(self, request: web.Request) -> Principal:
-        if not self.enabled:
-            return ANONYMOUS
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationFailed("You didn't provide an API key. Provide it in the "
-                                       "Authorization header as 'Bearer YOUR_KEY'.", code="missing_api_key")
-        digest = _digest(token.strip())
+    def lookup(self, secret: str) -> Principal | None:
+        digest = _digest(secret)
         for h, name in self._hashes:
             if hmac.compare_digest(h, digest):
                 return Principal("key", name)
-        raise AuthenticationFailed("Incorrect API key provided.")
+        return None
 
 
-PRINCIPAL = "principal"
+@dataclass
+class InvocationUsage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def auth_middleware(keys: StaticKeys):
+@dataclass
+class InvocationTokens:
+    """Tokens scoped to one invocation, and the usage each invocation ran up."""
+    _live: dict[bytes, Principal] = field(default_factory=dict)
+    _ended: TTLCache = field(default_factory=lambda: TTLCache(maxsize=100_000, ttl=3600))
+    _usage: dict[str, InvocationUsage] = field(default_factory=lambda: collections.defaultdict(InvocationUsage))
+
+    def issue(self, function: str, invocation_id: str, models: list[str] | None) -> str:
+        token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+        self._live[_digest(token)] = Principal("function", function, invocation_id,
+                                               frozenset(models) if models is not None else None)
+        return token
+
+    def revoke(self, token: str) -> InvocationUsage:
+        """End the token; returns (and forgets) what its invocation used."""
+        principal = self._live.pop(_digest(token), None)
+        if principal is None:
+            return InvocationUsage()
+        self._ended[_digest(token)] = True
+        return self._usage.pop(principal.invocation_id, InvocationUsage())
+
+    def lookup(self, token: str) -> Principal:
+        digest = _digest(token)
+        principal = self._live.get(digest)
+        if principal is not None:
+            return principal
+        if digest in self._ended:
+            raise AuthenticationFailed("The invocation token has expired: its invocation has ended.",
+                                       code="expired_token")
+        raise AuthenticationFailed("Incorrect invocation token provided.")
+
+    def record(self, invocation_id: str, prompt: int, completion: int) -> None:
+        u = self._usage[invocation_id]
+        u.calls += 1
+        u.prompt_tokens += prompt
+        u.completion_tokens += completion
+
+    def usage(self, invocation_id: str) -> InvocationUsage:
+        return self._usage.get(invocation_id) or InvocationUsage()
+
+
+class Authenticator:
+    def __init__(self, keys: StaticKeys, invocations: InvocationTokens):
+        self.keys, self.invocations = keys, invocations
+
+    def authenticate(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if token.startswith(TOKEN_PREFIX):
+            return self.invocations.lookup(token)
+        if not self.keys.enabled:
+            return ANONYMOUS
+        if not token:
+            raise AuthenticationFailed("You didn't provide an API key. Provide it in the "
+                                       "Authorization header as 'Bearer YOUR_KEY'.", code="missing_api_key")
+        principal = self.keys.lookup(token)
+        if principal is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return principal
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request.get(PRINCIPAL, ANONYMOUS)
+
+
+def auth_middleware(auth: Authenticator):
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
-            request[PRINCIPAL] = keys.authenticate(request)
+            request[PRINCIPAL] = auth.authenticate(request)
         return await handler(request)
     return middleware

@@ -11,14 +11,14 @@ from aiohttp import web
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway.errors import parse_body
-from runtime.gateway.state import METRICS, POOLS
+from runtime.gateway.state import meter_for, pool_for
 
 
 async def _embed(request: web.Request, model: str, texts: list[str], param: str,
                  endpoint: str) -> tuple[list[list[float]], int]:
     """Embeddings of ``texts`` (one per text) and the exact prompt tokens."""
-    pool = request.app[POOLS].get(model)
-    meter = request.app[METRICS].meter(model, endpoint)
+    pool = pool_for(request, model)
+    meter = meter_for(request, model, endpoint)
     tokenizer = await pool.ensure_tokenizer()
     n_ctx = pool.config.pool.n_ctx
     for i, text in enumerate(texts):
@@ -52,8 +52,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 async def embeddings(request: web.Request) -> web.Response:
     req = await parse_body(request, s.EmbeddingRequest)
-    pool = request.app[POOLS].get(req.model)
-    tokenizer = await pool.ensure_tokenizer()
+    tokenizer = await pool_for(request, req.model).ensure_tokenizer()
     texts = [t if isinstance(t, str) else tokenizer.decode(list(t)) for t in req.inputs()]
     vectors, tokens = await _embed(request, req.model, texts, "input", "embeddings")
     if req.dimensions is not None:

@@ -15,6 +15,7 @@ from runtime.errors import InvalidRequest, LlmfnError, NotFound
 log = logging.getLogger("llmfn.gateway")
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error_response(err: LlmfnError, request_id: str | None = None) -> web.Response:
@@ -43,7 +44,7 @@ def _from_http(exc: web.HTTPException) -> LlmfnError:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         resp = await handler(request)
     except LlmfnError as err:

@@ -10,12 +10,14 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from runtime.gateway.errors import REQUEST_ID
+
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway.errors import parse_body
-from runtime.gateway.metrics import CallMeter
+from runtime.gateway.calls import CallMeter
 from runtime.gateway.sse import EventStream
-from runtime.gateway.state import METRICS, POOLS
+from runtime.gateway.state import meter_for, pool_for
 from runtime.pool import ModelPool
 
 
@@ -84,8 +86,8 @@ class Generation:
 
     def __init__(self, request: web.Request, req: s.SamplingParams, endpoint: str):
         self.request, self.req, self.endpoint = request, req, endpoint
-        self.pool = request.app[POOLS].get(req.model)
-        self.meter = request.app[METRICS].meter(req.model, endpoint)
+        self.pool = pool_for(request, req.model)
+        self.meter = meter_for(request, req.model, endpoint)
         self.totals = Totals()
         self.id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
@@ -121,7 +123,7 @@ class Generation:
         usage = self.totals.usage()
         self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.totals.cached)
         return web.json_response(text=self._whole_body(choices, usage).model_dump_json(exclude_none=True),
-                                 headers={"x-request-id": self.request["request_id"]})
+                                 headers={"x-request-id": self.request[REQUEST_ID]})
 
     async def _stream(self, jobs) -> web.StreamResponse:
         opts = self.req.stream_options or s.StreamOptions()

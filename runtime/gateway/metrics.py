@@ -1,7 +1,6 @@
-"""Prometheus metrics (``GET /metrics``) and the per-call meter that feeds them."""
+"""Prometheus metrics (``GET /metrics``): a sink of finished calls plus pool gauges."""
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Iterable
 
 from aiohttp import web
@@ -9,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from runtime.gateway.calls import CallRecord
     from runtime.pool import Pools
 
 _LATENCY = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -41,8 +41,17 @@ class Metrics:
     def watch_pools(self, pools: "Pools") -> None:
         self.registry.register(_PoolCollector(pools))
 
-    def meter(self, model: str, endpoint: str) -> "CallMeter":
-        return CallMeter(self, model, endpoint)
+    def observe_ttft(self, model: str, seconds: float) -> None:
+        self.ttft.labels(model).observe(seconds)
+
+    def observe_call(self, call: "CallRecord") -> None:
+        self.requests.labels(call.model, call.endpoint, call.status).inc()
+        self.latency.labels(call.model, call.endpoint).observe(call.latency_s)
+        for counter, n in ((self.prompt_tokens, call.prompt_tokens),
+                           (self.completion_tokens, call.completion_tokens),
+                           (self.cached_tokens, call.cached_tokens)):
+            if n:
+                counter.labels(call.model).inc(n)
 
 
 class _PoolCollector:
@@ -62,31 +71,6 @@ class _PoolCollector:
             for state, n in st["workers"].items():
                 workers.add_metric([pool.name, state], n)
         yield from (queue, workers, in_flight)
-
-
-class CallMeter:
-    """Times one LLM call and records its outcome once."""
-
-    def __init__(self, metrics: Metrics, model: str, endpoint: str):
-        self.metrics, self.model, self.endpoint = metrics, model, endpoint
-        self.started = time.monotonic()
-        self.ttft: float | None = None
-
-    def first_token(self) -> None:
-        if self.ttft is None:
-            self.ttft = time.monotonic() - self.started
-            self.metrics.ttft.labels(self.model).observe(self.ttft)
-
-    def done(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
-        m = self.metrics
-        m.requests.labels(self.model, self.endpoint, status).inc()
-        m.latency.labels(self.model, self.endpoint).observe(time.monotonic() - self.started)
-        if prompt:
-            m.prompt_tokens.labels(self.model).inc(prompt)
-        if completion:
-            m.completion_tokens.labels(self.model).inc(completion)
-        if cached:
-            m.cached_tokens.labels(self.model).inc(cached)
 
 
 def metrics_handler(metrics: Metrics):

@@ -5,6 +5,8 @@ import json
 from typing import Any
 
 from aiohttp import web
+
+from runtime.gateway.errors import REQUEST_ID
 from pydantic import BaseModel
 
 
@@ -21,7 +23,7 @@ class EventStream:
         if self.response is None:
             self.response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                "x-request-id": self.request.get("request_id", "")})
+                "x-request-id": self.request.get(REQUEST_ID, "")})
             await self.response.prepare(self.request)
         data = chunk.model_dump_json(exclude_none=True) if isinstance(chunk, BaseModel) else json.dumps(chunk)
         await self.response.write(b"data: " + data.encode() + b"\n\n")

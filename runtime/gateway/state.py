@@ -3,8 +3,29 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from runtime.gateway.errors import REQUEST_ID
+
+from runtime.gateway.auth import InvocationTokens
+from runtime.gateway.calls import Calls
 from runtime.gateway.metrics import Metrics
 from runtime.pool import Pools
 
 POOLS = web.AppKey("pools", Pools)
 METRICS = web.AppKey("metrics", Metrics)
+CALLS = web.AppKey("calls", Calls)
+INVOCATIONS = web.AppKey("invocations", InvocationTokens)
+
+
+def pool_for(request: web.Request, model: str):
+    """The model's pool, if the caller may use it (404 unknown model, 403 not allowed)."""
+    from runtime.gateway.auth import principal_of
+
+    pool = request.app[POOLS].get(model)
+    principal_of(request).authorize(model)
+    return pool
+
+
+def meter_for(request: web.Request, model: str, endpoint: str):
+    from runtime.gateway.auth import principal_of
+
+    return request.app[CALLS].meter(model, endpoint, principal_of(request), request.get(REQUEST_ID, ""))

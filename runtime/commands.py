@@ -1,0 +1,112 @@
+"""The bodies of the emulator commands (``invoke``, ``start-api``,
+``start-lambda``, ``generate-event``); ``runtime.cli`` parses their flags."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.app import load_template
+from runtime.stack import Stack, load_env_vars
+
+
+def _stack(args: argparse.Namespace) -> Stack:
+    from runtime.cli import _models, _settings
+
+    settings = _settings(args)
+    template = load_template(settings.template)
+    return Stack(settings=settings, template=template, models=_models(args, settings),
+                 env_vars=load_env_vars(getattr(args, "env_vars", None)))
+
+
+def _read_event(source: str | None) -> Any:
+    if source is None:
+        return {}
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"event {source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def invoke(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    stack.template.function(args.function)  # a clear error before anything starts
+    event = _read_event(args.event)
+    return asyncio.run(_invoke(stack, args.function, event))
+
+
+async def _invoke(stack: Stack, name: str, event: Any) -> int:
+    await stack.start()
+    try:
+        result = await stack.functions.invoke(name, event)
+        out = sys.stdout.buffer
+        async for chunk in result.outcome.stream():
+            out.write(chunk)
+            out.flush()
+        out.write(b"\n")
+        out.flush()
+        await result.report
+    finally:
+        await stack.close()
+    return 0
+
+
+async def _run_until_signal(stack: Stack, *servers) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("llmfn: shutting down", file=sys.stderr, flush=True)
+        await stack.close()
+
+
+def start_api(args: argparse.Namespace) -> int:
+    from runtime.triggers.http import build_http_api
+
+    stack = _stack(args)
+
+    async def run() -> None:
+        await stack.start()
+        app, routes = build_http_api(stack.template.functions, stack.functions)
+        port = await stack.serve(app, stack.settings.host, args.api_port)
+        for method, path, fn in routes:
+            print(f"Mounting {fn} at http://{stack.settings.host}:{port}{path} [{method}]",
+                  file=sys.stderr)
+        print(f"llmfn start-api on http://{stack.settings.host}:{port}  gateway on {stack.gateway_url}",
+              file=sys.stderr, flush=True)
+        await _run_until_signal(stack)
+
+    asyncio.run(run())
+    return 0
+
+
+def start_lambda(args: argparse.Namespace) -> int:
+    from runtime.triggers.lambda_api import build_lambda_api
+
+    stack = _stack(args)
+
+    async def run() -> None:
+        await stack.start()
+        port = await stack.serve(build_lambda_api(stack.functions), stack.settings.host, args.lambda_port)
+        print(f"llmfn start-lambda on http://{stack.settings.host}:{port}  gateway on {stack.gateway_url}",
+              file=sys.stderr, flush=True)
+        await _run_until_signal(stack)
+
+    asyncio.run(run())
+    return 0
+
+
+def generate_event(args: argparse.Namespace) -> int:
+    from runtime.triggers.events import generate_event as make
+
+    options = {k: v for k in ("bucket", "key", "method", "path", "body") if (v := getattr(args, k))}
+    print(json.dumps(make(args.service, args.event, **options), indent=2))
+    return 0

@@ -1,0 +1,8 @@
+"""Function instances (processes running the handler, like Lambda execution
+environments), the dispatcher that picks or starts them, the invocation
+context, and the Lambda Runtime API between runtime and instance. Triggers
+call ``FunctionService.invoke``; this package never parses HTTP routes."""
+from runtime.functions.dispatcher import Dispatcher, Report, Result
+from runtime.functions.service import FunctionService
+
+__all__ = ["Dispatcher", "FunctionService", "Report", "Result"]

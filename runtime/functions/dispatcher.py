@@ -1,0 +1,232 @@
+"""The dispatcher: picks a warm instance of a function or starts one (cold),
+runs one invocation on it with its timeout, and reports it as Lambda does
+(START / END / REPORT with duration, init duration and LLM calls and tokens)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from runtime.app.functions import FunctionSpec
+from runtime.functions.instance import FunctionInstance
+from runtime.functions.invocation import Invocation, Outcome
+from runtime.functions.runtime_api import INSTANCES
+from runtime.gateway.auth import InvocationTokens, InvocationUsage
+
+log = logging.getLogger("llmfn.functions")
+
+
+@dataclass
+class Report:
+    request_id: str
+    duration_ms: float
+    billed_ms: int
+    memory_size: int
+    max_memory_mb: int
+    init_duration_ms: float | None
+    llm: InvocationUsage = field(default_factory=InvocationUsage)
+
+    def line(self) -> str:
+        parts = [f"REPORT RequestId: {self.request_id}", f"Duration: {self.duration_ms:.2f} ms",
+                 f"Billed Duration: {self.billed_ms} ms", f"Memory Size: {self.memory_size} MB",
+                 f"Max Memory Used: {self.max_memory_mb} MB"]
+        if self.init_duration_ms is not None:
+            parts.append(f"Init Duration: {self.init_duration_ms:.2f} ms")
+        parts += [f"LLM Calls: {self.llm.calls}",
+                  f"LLM Tokens: {self.llm.prompt_tokens}/{self.llm.completion_tokens}"]
+        return "\t".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requestId": self.request_id, "durationMs": round(self.duration_ms, 2),
+                "billedDurationMs": self.billed_ms, "memorySizeMb": self.memory_size,
+                "maxMemoryUsedMb": self.max_memory_mb, "initDurationMs": self.init_duration_ms,
+                "llm": self.llm.as_dict()}
+
+
+@dataclass
+class Result:
+    """An invocation's answer. ``outcome`` may still be streaming when returned."""
+    invocation: Invocation
+    outcome: Outcome
+    report: asyncio.Future  # Report, once the invocation has finished
+
+    @property
+    def is_error(self) -> bool:
+        return self.outcome.kind == "error"
+
+
+def stderr_log(function: str, line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class FunctionPool:
+    """The instances of one function: warm ones are reused, more start up to
+    ``max_instances``; each runs one invocation at a time."""
+
+    def __init__(self, spec: FunctionSpec, dispatcher: "Dispatcher"):
+        self.spec = spec
+        self.d = dispatcher
+        self.instances: list[FunctionInstance] = []
+        self._idle: asyncio.Queue[FunctionInstance] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(spec.llm.max_instances)
+
+    async def acquire(self) -> FunctionInstance:
+        await self._slots.acquire()
+        while not self._idle.empty():
+            inst = self._idle.get_nowait()
+            if inst.state == "idle":
+                inst.state = "busy"
+                return inst
+        return await self._start()
+
+    def release(self, inst: FunctionInstance, healthy: bool) -> None:
+        self._slots.release()
+        if healthy and inst.state == "busy":
+            inst.state, inst.last_used = "idle", time.monotonic()
+            self._idle.put_nowait(inst)
+        else:
+            asyncio.create_task(self.retire(inst, kill=True))
+
+    async def _start(self) -> FunctionInstance:
+        inst = FunctionInstance(self.spec, runtime_api=self.d.runtime_api_addr,
+                                gateway_url=self.d.gateway_url, log=self.d.log,
+                                env_overrides=self.d.env_overrides.get(self.spec.name))
+        self.d.runtime_app[INSTANCES][inst.id] = inst
+        self.instances.append(inst)
+        try:
+            await inst.start()
+        except Exception:
+            self._slots.release()
+            await self.retire(inst)
+            raise
+        inst.state = "busy"
+        asyncio.create_task(self._watch(inst))
+        return inst
+
+    async def _watch(self, inst: FunctionInstance) -> None:
+        code = await inst.wait_exit()
+        if inst.state != "stopped":
+            log.info("function %s: instance %s exited (code %s)", self.spec.name, inst.pid, code)
+        inv = inst.current
+        if inv is None and not inst.pending.empty():
+            inv = inst.pending.get_nowait()  # died before it picked up its invocation
+        if inv is not None and not inv.finished.done():
+            if inst.init_error is not None:
+                inv.fail(inst.init_error.get("errorType", "Runtime.Unknown"),
+                         inst.init_error.get("errorMessage", "init failed"))
+            else:
+                inv.fail("Runtime.ExitError", f"RequestId: {inv.request_id} Error: Runtime exited "
+                                              f"with error: exit status {code}")
+        if not inst.ready.done():
+            inst.ready.set_result(None)
+        inst.state = "stopped"
+        self._forget(inst)
+
+    async def retire(self, inst: FunctionInstance, kill: bool = False) -> None:
+        await inst.stop(kill=kill)
+        self._forget(inst)
+
+    def _forget(self, inst: FunctionInstance) -> None:
+        self.d.runtime_app[INSTANCES].pop(inst.id, None)
+        if inst in self.instances:
+            self.instances.remove(inst)
+
+    async def reap_idle(self) -> None:
+        now = time.monotonic()
+        for inst in list(self.instances):
+            if inst.state == "idle" and now - inst.last_used >= self.spec.llm.idle_timeout:
+                log.info("function %s: instance %s idle, stopping", self.spec.name, inst.pid)
+                await self.retire(inst)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.retire(i) for i in list(self.instances)), return_exceptions=True)
+
+
+class Dispatcher:
+    def __init__(self, functions: dict[str, FunctionSpec], *, runtime_app, runtime_api_addr: str,
+                 gateway_url: str, tokens: InvocationTokens,
+                 log: Callable[[str, str], None] = stderr_log,
+                 env_overrides: dict[str, dict[str, str]] | None = None):
+        self.functions = functions
+        self.runtime_app = runtime_app
+        self.runtime_api_addr = runtime_api_addr
+        self.gateway_url = gateway_url
+        self.tokens = tokens
+        self.log = log
+        self.env_overrides = env_overrides or {}
+        self.pools = {name: FunctionPool(spec, self) for name, spec in functions.items()}
+        self._reaper: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for pool in self.pools.values():
+                await pool.reap_idle()
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
+
+    def pool(self, name: str) -> FunctionPool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise KeyError(f"Function not found: {name}") from None
+
+    async def invoke(self, name: str, event: Any, *, client_context: str | None = None) -> Result:
+        """Run one invocation. Returns when the instance has answered (a stream may
+        still be flowing); ``Result.report`` resolves when it has finished."""
+        pool = self.pool(name)
+        spec = pool.spec
+        body = event if isinstance(event, bytes) else json.dumps(event).encode()
+        inst = await pool.acquire()
+        cold = inst.invocations == 0
+        inv = Invocation(function=name, event=body, timeout=spec.timeout, client_context=client_context)
+        inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models)
+        self._emit(inv, f"START RequestId: {inv.request_id} Version: $LATEST")
+        inst.invocations += 1
+        inst.pending.put_nowait(inv)
+        report: asyncio.Future = asyncio.get_running_loop().create_future()
+        if cold:
+            await asyncio.wait([inst.ready], timeout=spec.timeout)  # the init phase
+        if inst.init_error is not None:
+            inv.fail(inst.init_error.get("errorType", "Runtime.Unknown"),
+                     inst.init_error.get("errorMessage", "init failed"))
+        timer = asyncio.create_task(self._finish(pool, inst, inv, cold, report))
+        timer.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        outcome = await inv.outcome
+        return Result(inv, outcome, report)
+
+    def _emit(self, inv: Invocation, line: str) -> None:
+        inv.logs.append(line)
+        self.log(inv.function, line)
+
+    async def _finish(self, pool: FunctionPool, inst: FunctionInstance, inv: Invocation,
+                      cold: bool, report: asyncio.Future) -> None:
+        remaining = max(0.0, inv.started + pool.spec.timeout - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(inv.finished), remaining)
+        except asyncio.TimeoutError:
+            inv.fail("Sandbox.Timedout", f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.request_id} "
+                                         f"Task timed out after {pool.spec.timeout:.2f} seconds")
+        duration = (time.monotonic() - inv.started) * 1000
+        healthy = inv.failure is None and inst.init_error is None and inst.state == "busy"
+        if inst.current is None and not inst.pending.empty():
+            inst.pending.get_nowait()  # never picked up (init failed or timed out)
+        inst.current = None
+        usage = self.tokens.revoke(inv.token)
+        rep = Report(inv.request_id, duration, max(1, math.ceil(duration)), pool.spec.memory_size,
+                     inst.max_memory_mb(), inst.init_duration_ms if cold else None, usage)
+        self._emit(inv, f"END RequestId: {inv.request_id}")
+        self._emit(inv, rep.line())
+        pool.release(inst, healthy)
+        report.set_result(rep)

@@ -1,0 +1,126 @@
+"""A function instance: one process running ``runtime.functions.bootstrap``,
+like a Lambda execution environment. It imports the handler once, runs one
+invocation at a time, and stays warm until it idles out or is replaced."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from runtime.app.functions import FunctionSpec
+from runtime.functions.invocation import Invocation
+
+LAYER_PATH = Path(__file__).resolve().parents[2] / "layers" / "llm" / "python"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class FunctionInstance:
+    def __init__(self, spec: FunctionSpec, *, runtime_api: str, gateway_url: str,
+                 log: Callable[[str, str], None], env_overrides: dict[str, str] | None = None):
+        self.spec = spec
+        self.id = uuid.uuid4().hex[:12]
+        self.runtime_api = runtime_api
+        self.gateway_url = gateway_url
+        self.log = log
+        self.env_overrides = env_overrides or {}
+        self.pending: asyncio.Queue[Invocation] = asyncio.Queue()
+        self.current: Invocation | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.state = "starting"  # starting | idle | busy | stopped
+        self.spawned_at = 0.0
+        self.init_duration_ms: float | None = None  # set on the first poll
+        self.init_error: dict | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.last_used = time.monotonic()
+        self.invocations = 0
+        self._readers: list[asyncio.Task] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def environment(self) -> dict[str, str]:
+        spec = self.spec
+        paths = [str(spec.code_uri)] + [str(p / "python") if (p / "python").is_dir() else str(p)
+                                        for p in spec.layers] + [str(LAYER_PATH), str(PROJECT_ROOT)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMFN_", "OPENAI_"))}
+        env.update({
+            "AWS_LAMBDA_RUNTIME_API": f"{self.runtime_api}/i/{self.id}",
+            "_HANDLER": spec.handler, "LAMBDA_TASK_ROOT": str(spec.code_uri),
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_size),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + self.id,
+            "AWS_REGION": env.get("AWS_REGION", "us-east-1"),
+            "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+            "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1",
+        })
+        env.update(spec.environment)
+        env.update(self.env_overrides)
+        return env
+
+    async def start(self) -> None:
+        self.spawned_at = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.functions.bootstrap", cwd=str(self.spec.code_uri),
+            env=self.environment(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        self._readers = [asyncio.create_task(self._pipe(self.proc.stdout)),
+                         asyncio.create_task(self._pipe(self.proc.stderr))]
+
+    async def _pipe(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            if self.current is not None:
+                self.current.logs.append(text)
+            self.log(self.spec.name, text)
+
+    # called by the Runtime API ---------------------------------------------------
+
+    def polled(self) -> None:
+        if self.init_duration_ms is None:
+            self.init_duration_ms = (time.monotonic() - self.spawned_at) * 1000
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    def init_failed(self, error: dict) -> None:
+        self.init_error = error
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    # -----------------------------------------------------------------------------
+
+    async def wait_exit(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        await asyncio.gather(*self._readers, return_exceptions=True)  # drain the last log lines
+        return code
+
+    async def stop(self, kill: bool = False) -> None:
+        self.state = "stopped"
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    def max_memory_mb(self) -> int:
+        """Peak resident memory of the instance (VmHWM), as Lambda's Max Memory Used."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+        except OSError:
+            pass
+        return 0

@@ -1,0 +1,74 @@
+"""The running product, composed for the CLI: the gateway with the template's
+models, the function service bound to it, and whichever triggers a command
+serves. Everything listens on loopback unless told otherwise."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from aiohttp import web
+
+from runtime.app import Template
+from runtime.app.models import ModelConfig
+from runtime.functions import FunctionService
+from runtime.functions.dispatcher import stderr_log
+from runtime.gateway import GatewayConfig, build_app
+from runtime.gateway.state import INVOCATIONS
+from runtime.pool import ModelStore
+from runtime.settings import GatewaySettings
+
+
+def load_env_vars(path: str | Path | None) -> dict[str, dict[str, str]]:
+    """SAM's ``--env-vars`` file: ``{"Function": {...}, "Parameters": {...}}``."""
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must be a JSON object of function name to variables")
+    return {name: {k: str(v) for k, v in (vars_ or {}).items()} for name, vars_ in data.items()}
+
+
+def _overrides(env_vars: dict[str, dict[str, str]], functions) -> dict[str, dict[str, str]]:
+    common = env_vars.get("Parameters", {})
+    return {name: {**common, **env_vars.get(name, {})} for name in functions}
+
+
+@dataclass
+class Stack:
+    settings: GatewaySettings
+    template: Template
+    models: list[ModelConfig]
+    env_vars: dict[str, dict[str, str]] = field(default_factory=dict)
+    log: Callable[[str, str], None] = stderr_log
+    gateway_url: str = ""
+    functions: FunctionService | None = None
+    _runners: list[web.AppRunner] = field(default_factory=list)
+
+    async def start(self) -> None:
+        store = ModelStore(self.settings.cache_dir, s3_endpoint_url=self.settings.s3_endpoint_url)
+        gateway = build_app(GatewayConfig(models=self.models, store=store,
+                                          api_keys=self.settings.key_set()))
+        port = await self.serve(gateway, self.settings.host, self.settings.port)
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        self.gateway_url = f"http://{host}:{port}"
+        self.functions = FunctionService(self.template.functions, gateway_url=self.gateway_url,
+                                         tokens=gateway[INVOCATIONS], log=self.log,
+                                         env_overrides=_overrides(self.env_vars, self.template.functions))
+        await self.functions.start()
+
+    async def serve(self, app: web.Application, host: str, port: int) -> int:
+        """Serve one more app (a trigger) and return its port."""
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        return site._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.functions:
+            await self.functions.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()

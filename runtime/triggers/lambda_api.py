@@ -1,0 +1,76 @@
+"""The Lambda Invoke API (``POST /2015-03-31/functions/{name}/invocations``), so
+``boto3.client("lambda", endpoint_url=...).invoke(...)`` works against the
+emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from aiohttp import web
+
+from runtime.functions import FunctionService
+
+SERVICE = web.AppKey("functions", FunctionService)
+_BACKGROUND = web.AppKey("background", set)
+
+
+def _aws_error(status: int, error_type: str, message: str) -> web.Response:
+    return web.json_response({"Type": "User", "Message": message, "__type": error_type}, status=status,
+                             headers={"x-amzn-ErrorType": error_type})
+
+
+def _function_name(raw: str) -> str:
+    # Accepts a name, a partial ARN or a full ARN, like the real API.
+    return raw.split(":function:")[-1].split(":")[0]
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    name = _function_name(request.match_info["name"])
+    if name not in service.functions:
+        return _aws_error(404, "ResourceNotFoundException",
+                          f"Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}")
+    kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+    payload = await request.read() or b"{}"
+    try:
+        json.loads(payload)
+    except ValueError:
+        return _aws_error(400, "InvalidRequestContentException", "Could not parse request body into json")
+    context = request.headers.get("X-Amz-Client-Context")
+    client_context = base64.b64decode(context).decode() if context else None
+    if kind == "DryRun":
+        return web.Response(status=204)
+    if kind == "Event":
+        task = asyncio.create_task(_run_async(service, name, payload, client_context))
+        request.app[_BACKGROUND].add(task)
+        task.add_done_callback(request.app[_BACKGROUND].discard)
+        return web.Response(status=202)
+    result = await service.invoke(name, payload, client_context=client_context)
+    body = b"".join([chunk async for chunk in result.outcome.stream()])
+    report = await result.report
+    headers = {"X-Amz-Executed-Version": "$LATEST", "Content-Type": "application/json"}
+    if result.invocation.failure is not None or result.is_error:
+        headers["X-Amz-Function-Error"] = "Unhandled"
+        if result.invocation.failure is not None:
+            body = json.dumps(result.invocation.failure).encode()
+    if request.headers.get("X-Amz-Log-Type") == "Tail":
+        tail = "\n".join(result.invocation.logs).encode()[-4096:]
+        headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
+    headers["X-Llmfn-Report"] = json.dumps(report.as_dict())
+    return web.Response(body=body, headers=headers)
+
+
+async def _run_async(service: FunctionService, name: str, payload: bytes, client_context) -> None:
+    result = await service.invoke(name, payload, client_context=client_context)
+    async for _ in result.outcome.stream():
+        pass
+    await result.report
+
+
+def build_lambda_api(service: FunctionService) -> web.Application:
+    app = web.Application(client_max_size=6 * 1024 * 1024)
+    app[SERVICE] = service
+    app[_BACKGROUND] = set()
+    app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
+    return app

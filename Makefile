@@ -10,13 +10,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,examples]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llmfn serve
+	$(BIN)/llmfn start-api
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

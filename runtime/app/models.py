@@ -37,6 +37,8 @@ class ModelConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     source: str = "embedded"
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    aliases: list[str] = Field(default_factory=list,
+                               description="Other names clients may ask for (e.g. gpt-4o-mini).")
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
 

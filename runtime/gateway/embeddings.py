@@ -18,7 +18,7 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
                  endpoint: str) -> tuple[list[list[float]], int]:
     """Embeddings of ``texts`` (one per text) and the exact prompt tokens."""
     pool = pool_for(request, model)
-    meter = meter_for(request, model, endpoint)
+    meter = meter_for(request, pool.name, endpoint)
     tokenizer = await pool.ensure_tokenizer()
     n_ctx = pool.config.pool.n_ctx
     for i, text in enumerate(texts):

@@ -87,7 +87,7 @@ class Generation:
     def __init__(self, request: web.Request, req: s.SamplingParams, endpoint: str):
         self.request, self.req, self.endpoint = request, req, endpoint
         self.pool = pool_for(request, req.model)
-        self.meter = meter_for(request, req.model, endpoint)
+        self.meter = meter_for(request, self.pool.name, endpoint)
         self.totals = Totals()
         self.id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())

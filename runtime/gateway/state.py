@@ -21,7 +21,10 @@ def pool_for(request: web.Request, model: str):
     from runtime.gateway.auth import principal_of
 
     pool = request.app[POOLS].get(model)
-    principal_of(request).authorize(model)
+    principal = principal_of(request)
+    if model != pool.name and principal.models is not None and model in principal.models:
+        return pool  # allowed by the alias it was asked for
+    principal.authorize(pool.name)
     return pool
 
 

@@ -24,10 +24,11 @@ class Pools:
         self.store = store
         self.by_name: dict[str, ModelPool] = {
             m.name: ModelPool(m, store, on_cold_start=on_cold_start) for m in models}
+        self.aliases = {alias: m.name for m in models for alias in m.aliases}
 
     def get(self, name: str) -> ModelPool:
         try:
-            return self.by_name[name]
+            return self.by_name[self.aliases.get(name, name)]
         except KeyError:
             raise ModelNotFound(f"The model '{name}' does not exist", param="model") from None
 

@@ -34,7 +34,7 @@ def handler(event: Any, context: Any) -> Any:
     attach(context)
     result = real(event, context)
     if inspect.isawaitable(result):
-        result = _run(result)
+        result = _run(_finish(result, context))
     return result
 
 
@@ -67,6 +67,15 @@ def _import(spec: str) -> Callable[..., Any]:
     if not callable(func):
         raise HandlerError(f"{HANDLER_ENV}={spec!r}: {func_name!r} is not callable")
     return func
+
+
+async def _finish(awaitable: Any, context: Any) -> Any:
+    """Await the handler, then close this invocation's ``allm`` on the loop that
+    opened its connections (the next invocation gets a new one)."""
+    try:
+        return await awaitable
+    finally:
+        await context.allm.close()
 
 
 def _run(awaitable: Any) -> Any:

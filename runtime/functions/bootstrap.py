@@ -156,7 +156,10 @@ def run_one(api: RuntimeApi, handler, loop: asyncio.AbstractEventLoop) -> None:
         event = json.loads(event_bytes) if event_bytes else {}
         result = handler(event, context)
         if inspect.isawaitable(result):
-            result = loop.run_until_complete(result)
+            try:
+                result = loop.run_until_complete(result)
+            finally:
+                loop.run_until_complete(context.allm.close())
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             chunks, content_type = _stream_chunks(result, loop)
             api.stream(request_id, chunks, content_type)

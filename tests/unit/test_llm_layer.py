@@ -191,6 +191,7 @@ async def test_allm_is_the_async_twin(gateway):
     assert isinstance(context.allm, openai.AsyncOpenAI)
     reply = await context.allm.chat.completions.create(
         model="gemma3-270m", messages=[{"role": "user", "content": "hi"}])
+    await context.allm.close()
     assert reply.choices[0].message.content == REPLY
     assert gateway.seen_keys == [KEY]
 

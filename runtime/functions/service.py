@@ -26,7 +26,8 @@ class FunctionService:
 
     async def start(self) -> None:
         app = build_runtime_api()
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        # A long-polling `next` must end when its instance goes away.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -56,7 +56,7 @@ def http_echo(event, context):
             "body": __import__("json").dumps({"version": event.get("version"), "rawPath": event.get("rawPath"),
                                               "query": event.get("queryStringParameters"),
                                               "pathParameters": event.get("pathParameters"),
-                                              "method": event["requestContext"]["http"]["method"],
+                                              "method": event.get("httpMethod") or event["requestContext"]["http"]["method"],
                                               "body": event.get("body")})}
 
 

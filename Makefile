@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/invoke_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

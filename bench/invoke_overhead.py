@@ -1,7 +1,8 @@
-"""What ``llmfn start-api`` adds to a function invocation: a handler that only
-returns ``{"statusCode": 200, "body": "ok"}`` (``bench/functions/noop``),
-called through start-api over a keep-alive HTTP connection, compared in the
-same run with two peers:
+"""What ``llmfn start-api`` adds to a function invocation, warm and cold.
+
+A handler that only returns ``{"statusCode": 200, "body": "ok"}``
+(``bench/functions/noop``) is called through start-api over a keep-alive HTTP
+connection and compared in the same run with two peers:
 
 - **in-process**: the same handler imported and called directly, with an HTTP
   API v2 event built and its return mapped by the same ``apigw`` code;

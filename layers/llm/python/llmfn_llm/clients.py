@@ -5,7 +5,9 @@ or across event loops.
 """
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 from typing import Any
 
@@ -46,13 +48,24 @@ def sync_client(config: GatewayConfig, timeout: float | None) -> openai.OpenAI:
 
 def async_client(config: GatewayConfig, timeout: float | None) -> openai.AsyncOpenAI:
     """A fresh ``openai.AsyncOpenAI``: an async connection pool belongs to the
-    event loop that opened it, and a handler may run on a new loop each time."""
+    event loop that opened it, and a handler may run on a new loop each time.
+    The TLS context, the costly part of a new client, is shared by the process."""
     return openai.AsyncOpenAI(
         base_url=config.api_base,
         api_key=config.api_key,
         max_retries=config.max_retries,
+        http_client=openai.DefaultAsyncHttpxClient(verify=_tls_context()),
         **_timeout(timeout),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi comes with the SDK's HTTP client
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _timeout(timeout: float | None) -> dict[str, Any]:

@@ -4,21 +4,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install system-deps run test bench clean
 
-$(STAMP): pyproject.toml
+# Servers the tests start for real: Redis (shared quota counters) and Chromium
+# (the usage page). Installed from Debian's packages when missing.
+SYSTEM_DEPS := redis-server chromium
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
-	$(BIN)/pip install -e '.[test,examples]'
+	# constraints.txt pins every package to a set known to work together (no resolver backtracking).
+	$(BIN)/pip install -c constraints.txt -e '.[test,examples]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+system-deps:
+	@missing=""; for cmd in $(SYSTEM_DEPS); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq$$missing; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/llmfn start-api
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

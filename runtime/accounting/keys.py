@@ -1,0 +1,99 @@
+"""API keys: created once (the secret is shown once, only its SHA-256 is kept),
+listed, revoked. Stored in SQLite; the gateway keeps an in-memory copy that it
+refreshes off the event loop, so a lookup never touches the disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.accounting.quotas import Limits
+
+KEY_PREFIX = "sk-llmfn-"
+
+
+def key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    name: str
+    hash: str
+    hint: str  # the first characters, to tell keys apart in a listing
+    created: float
+    models: tuple[str, ...] | None = None
+    limits: Limits = field(default_factory=Limits)
+    revoked: float | None = None
+
+    def public(self) -> dict:
+        return {"name": self.name, "hint": self.hint + "…", "created": self.created,
+                "models": list(self.models) if self.models is not None else None,
+                "rpm": self.limits.rpm, "tpm": self.limits.tpm, "daily_tokens": self.limits.daily_tokens,
+                "monthly_tokens": self.limits.monthly_tokens, "revoked": self.revoked}
+
+
+class KeyStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute("""CREATE TABLE IF NOT EXISTS api_keys (
+                name TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL, hint TEXT NOT NULL,
+                created REAL NOT NULL, models TEXT, rpm INTEGER, tpm INTEGER,
+                daily_tokens INTEGER, monthly_tokens INTEGER, revoked REAL)""")
+        self._by_hash: dict[str, KeyRecord] = {}
+        self.reload()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def create(self, name: str, *, models: list[str] | None = None, limits: Limits = Limits()) -> str:
+        """A new key; the secret is returned once and never stored."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._lock, self._connect() as db:
+            try:
+                db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,?,?,?,NULL)",
+                           (name, key_hash(secret), secret[:12], time.time(),
+                            json.dumps(models) if models is not None else None,
+                            limits.rpm, limits.tpm, limits.daily_tokens, limits.monthly_tokens))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a key named '{name}' already exists") from None
+        self.reload()
+        return secret
+
+    def revoke(self, name: str) -> bool:
+        with self._lock, self._connect() as db:
+            changed = db.execute("UPDATE api_keys SET revoked=? WHERE name=? AND revoked IS NULL",
+                                 (time.time(), name)).rowcount
+        self.reload()
+        return bool(changed)
+
+    def list(self) -> list[KeyRecord]:
+        with self._connect() as db:
+            rows = db.execute("SELECT name, hash, hint, created, models, rpm, tpm, daily_tokens, "
+                              "monthly_tokens, revoked FROM api_keys ORDER BY created").fetchall()
+        return [KeyRecord(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])) if r[4] else None,
+                          Limits(r[5], r[6], r[7], r[8]), r[9]) for r in rows]
+
+    def reload(self) -> None:
+        """Refresh the in-memory copy (blocking: run it off the event loop)."""
+        self._by_hash = {k.hash: k for k in self.list() if k.revoked is None}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_hash)
+
+    def lookup(self, secret: str) -> KeyRecord | None:
+        return self._by_hash.get(key_hash(secret))
+
+    def get(self, name: str) -> KeyRecord | None:
+        return next((k for k in self._by_hash.values() if k.name == name), None)

@@ -25,7 +25,8 @@ def _env_help(field: str) -> str:
 def _gateway_flags(p) -> None:
     for field, flag in (("host", "--host"), ("port", "--port"), ("template", "--template"),
                         ("cache_dir", "--cache-dir"), ("s3_endpoint_url", "--s3-endpoint-url"),
-                        ("api_keys", "--api-keys"), ("log_level", "--log-level")):
+                        ("api_keys", "--api-keys"), ("data_dir", "--data-dir"), ("admin_key", "--admin-key"),
+                        ("redis_url", "--redis-url"), ("log_level", "--log-level")):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
                    help="Serve this model (s3://bucket/key.gguf, a path, or 'embedded'); "
@@ -58,6 +59,31 @@ def _add_commands(sub) -> None:
                    default=int(os.environ.get("LLMFN_LAMBDA_PORT", "3001")), help="[env LLMFN_LAMBDA_PORT]")
     p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
     _gateway_flags(p)
+
+    p = sub.add_parser("keys", help="Create, list and revoke API keys.")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    k = ksub.add_parser("create", help="Create a key; its secret is printed once.")
+    k.add_argument("name")
+    k.add_argument("--models", help="Comma-separated models the key may use (default: all).")
+    for flag in ("--rpm", "--tpm", "--daily-tokens", "--monthly-tokens"):
+        k.add_argument(flag, type=int, default=None)
+    ksub.add_parser("list", help="List keys (never their secrets).")
+    k = ksub.add_parser("revoke", help="Revoke a key.")
+    k.add_argument("name")
+    for k in ksub.choices.values():
+        k.add_argument("--data-dir", dest="data_dir", default=None, help=_env_help("data_dir"))
+
+    p = sub.add_parser("usage", help="Usage report from the ledger.")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--function", help="One function's usage.")
+    who.add_argument("--key", help="One key's usage.")
+    p.add_argument("--model")
+    p.add_argument("--since", help="7d, 2w, 3m (at most 3 months back).")
+    p.add_argument("--from", dest="from_", help="First day, YYYY-MM-DD.")
+    p.add_argument("--to", help="Last day, YYYY-MM-DD.")
+    p.add_argument("--by", choices=["day", "model", "resource"], default="day")
+    p.add_argument("--json", action="store_true", help="The report as JSON.")
+    p.add_argument("--data-dir", dest="data_dir", default=None, help=_env_help("data_dir"))
 
     p = sub.add_parser("generate-event", help="Print a sample event (like sam local generate-event).")
     p.add_argument("service", help="apigateway | s3 | schedule")
@@ -100,11 +126,10 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(settings: GatewaySettings, models) -> None:
     from aiohttp import web
 
-    from runtime.gateway import GatewayConfig, build_app
-    from runtime.pool import ModelStore
+    from runtime.gateway import build_app
+    from runtime.stack import gateway_config
 
-    store = ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url)
-    app = build_app(GatewayConfig(models=models, store=store, api_keys=settings.key_set()))
+    app = build_app(gateway_config(settings, models))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -127,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_commands(sub)
     args = parser.parse_args(argv)
-    from runtime.commands import generate_event, invoke, start_api, start_lambda
+    from runtime.commands import generate_event, invoke, keys, start_api, start_lambda, usage
     commands = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
-                "generate-event": generate_event}
+                "generate-event": generate_event, "keys": keys, "usage": usage}
     try:
         return commands[args.command](args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (TemplateError, ValueError, FileNotFoundError) as exc:
         print(f"llmfn: {exc}", file=sys.stderr)
         return 2

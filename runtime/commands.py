@@ -110,3 +110,51 @@ def generate_event(args: argparse.Namespace) -> int:
     options = {k: v for k in ("bucket", "key", "method", "path", "body") if (v := getattr(args, k))}
     print(json.dumps(make(args.service, args.event, **options), indent=2))
     return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    from runtime.accounting.keys import KeyStore
+    from runtime.accounting.quotas import Limits
+    from runtime.cli import _settings
+
+    store = KeyStore(_settings(args).keys_path)
+    if args.keys_command == "create":
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        secret = store.create(args.name, models=models, limits=Limits(
+            args.rpm, args.tpm, args.daily_tokens, args.monthly_tokens))
+        print(secret)
+        print(f"key '{args.name}' created; this is the only time its secret is shown", file=sys.stderr)
+    elif args.keys_command == "list":
+        rows = [k.public() for k in store.list()]
+        print(f"{'NAME':<20} {'KEY':<16} {'MODELS':<20} {'RPM':>6} {'TPM':>8} {'DAY':>9} {'MONTH':>10}  STATUS")
+        for r in rows:
+            cells = [r["rpm"], r["tpm"], r["daily_tokens"], r["monthly_tokens"]]
+            rpm, tpm, day, month = ("-" if c is None else c for c in cells)
+            models = ",".join(r["models"]) if r["models"] is not None else "*"
+            status = "revoked" if r["revoked"] else "active"
+            print(f"{r['name']:<20} {r['hint']:<16} {models:<20} {rpm:>6} {tpm:>8} {day:>9} {month:>10}  {status}")
+    elif not store.revoke(args.name):
+        raise ValueError(f"no active key named '{args.name}'")
+    else:
+        print(f"key '{args.name}' revoked", file=sys.stderr)
+    return 0
+
+
+def usage(args: argparse.Namespace) -> int:
+    import time
+
+    from runtime.accounting.ledger import Ledger
+    from runtime.accounting.reports import parse_period, render_text, usage_report
+    from runtime.cli import _settings
+
+    since, until = parse_period(args.since, args.from_, args.to, time.time())
+    service_type, resource = (("function", args.function) if args.function else
+                              ("key", args.key) if args.key else (None, None))
+    ledger = Ledger(_settings(args).ledger_path)
+    try:
+        report = usage_report(ledger, service_type=service_type, resource=resource, model=args.model,
+                              since=since, until=until, by=args.by)
+    finally:
+        ledger.close()
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0

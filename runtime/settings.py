@@ -13,6 +13,10 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "llmfn"
 
 
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "llmfn"
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMFN_", extra="ignore")
 
@@ -22,7 +26,19 @@ class GatewaySettings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated static API keys; empty accepts any or no key.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where downloaded models are kept.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint for s3:// models (moto, MinIO, AWS).")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="Where the usage ledger and the API keys are kept (SQLite).")
+    admin_key: str | None = Field(None, description="Key for the usage and key routes of every resource.")
+    redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "keys.sqlite3"
 
     def key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())

@@ -11,6 +11,7 @@ from typing import Callable
 from aiohttp import web
 
 from runtime.app import Template
+from runtime.accounting.quotas import Limits
 from runtime.app.models import ModelConfig
 from runtime.functions import FunctionService
 from runtime.functions.dispatcher import stderr_log
@@ -18,6 +19,21 @@ from runtime.gateway import GatewayConfig, build_app
 from runtime.gateway.state import INVOCATIONS
 from runtime.pool import ModelStore
 from runtime.settings import GatewaySettings
+
+
+def gateway_config(settings: GatewaySettings, models: list[ModelConfig],
+                   template: Template | None = None) -> GatewayConfig:
+    return GatewayConfig(
+        models=models, store=ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url),
+        api_keys=settings.key_set(), admin_key=settings.admin_key, ledger_path=settings.ledger_path,
+        keys_path=settings.keys_path, redis_url=settings.redis_url,
+        function_quotas=function_quotas(template) if template else {})
+
+
+def function_quotas(template: Template) -> dict[str, dict[str, Limits]]:
+    return {name: {model: Limits(q.rpm, q.tpm, q.daily_tokens, q.monthly_tokens)
+                   for model, q in spec.llm.quotas.items()}
+            for name, spec in template.functions.items()}
 
 
 def load_env_vars(path: str | Path | None) -> dict[str, dict[str, str]]:
@@ -47,9 +63,7 @@ class Stack:
     _runners: list[web.AppRunner] = field(default_factory=list)
 
     async def start(self) -> None:
-        store = ModelStore(self.settings.cache_dir, s3_endpoint_url=self.settings.s3_endpoint_url)
-        gateway = build_app(GatewayConfig(models=self.models, store=store,
-                                          api_keys=self.settings.key_set()))
+        gateway = build_app(gateway_config(self.settings, self.models, self.template))
         port = await self.serve(gateway, self.settings.host, self.settings.port)
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.gateway_url = f"http://{host}:{port}"

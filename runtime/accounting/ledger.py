@@ -11,10 +11,11 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import operator
 import os
 import sqlite3
 import threading
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -81,6 +82,8 @@ class LedgerRow:
 
 
 COLUMNS = tuple(f.name for f in fields(LedgerRow))
+# attrgetter, not dataclasses.astuple: astuple deep-copies every field
+_values = operator.attrgetter(*COLUMNS)
 INSERT = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -175,7 +178,7 @@ class Ledger:
 
     def _insert(self, batch: list[LedgerRow]) -> None:
         with self._writer:  # one transaction: commit on success, roll back on error
-            self._writer.executemany(INSERT, [astuple(row) for row in batch])
+            self._writer.executemany(INSERT, [_values(row) for row in batch])
 
     def _insert_each(self, batch: list[LedgerRow]) -> None:
         for i, row in enumerate(batch):

@@ -206,10 +206,10 @@ class QuotaPolicy:
     and a model, and settles it afterwards."""
 
     def __init__(self, counters: Counters,
-                 spent_since: Callable[[str, str, float], Awaitable[int]] | None = None,
+                 spent_since: Callable[[str, str, str, float], Awaitable[int]] | None = None,
                  clock: Callable[[], float] = time.time):
         self.counters = counters
-        self.spent_since = spent_since  # (resource, model, since) -> tokens, from the ledger
+        self.spent_since = spent_since  # (kind, resource, model, since) -> tokens, from the ledger
         self.clock = clock
         self._seeded: set[tuple[str, str, str]] = set()
         self._seed_lock = asyncio.Lock()
@@ -231,7 +231,8 @@ class QuotaPolicy:
             async with self._seed_lock:
                 if mark in self._seeded:
                     continue
-                spent = await self.spent_since(resource, model, period_start(now, "day" if which == "daily" else "month"))
+                since = period_start(now, "day" if which == "daily" else "month")
+                spent = await self.spent_since(kind, resource, model, since)
                 await self.counters.seed(mark[0], which, spent)
                 self._seeded.add(mark)
 

@@ -30,6 +30,13 @@ class PoolConfig(BaseModel):
         return self
 
 
+class ModelLimits(BaseModel):
+    """A model's own limits, applied to every caller (function or key) separately."""
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
 class ModelConfig(BaseModel):
     """One served model: its name in the API, where its GGUF comes from, its pool."""
     model_config = ConfigDict(extra="forbid")
@@ -39,6 +46,7 @@ class ModelConfig(BaseModel):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     aliases: list[str] = Field(default_factory=list,
                                description="Other names clients may ask for (e.g. gpt-4o-mini).")
+    limits: ModelLimits = Field(default_factory=ModelLimits)
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
 

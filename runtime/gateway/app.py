@@ -1,21 +1,27 @@
 """The gateway application: routes, middlewares and the pools' lifecycle."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
 from runtime.app.models import ModelConfig
-from runtime.gateway import embeddings, generation
+from runtime.accounting.keys import KeyStore
+from runtime.accounting.ledger import Ledger
+from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy, RedisCounters
+from runtime.gateway import accounting, embeddings, generation
+from runtime.gateway.accounting import ACCOUNTING, Accounting, QuotaBook
 from runtime.gateway import schemas as s
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
-from runtime.gateway.errors import errors_middleware
+from runtime.gateway.errors import REQUEST_ID, errors_middleware
 from runtime.gateway.metrics import Metrics, metrics_handler
 from runtime.gateway.openapi import openapi_document
-from runtime.gateway.state import CALLS, INVOCATIONS, METRICS, POOLS
-from runtime.errors import NotFound
+from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS
+from runtime.errors import LlmfnError, NotFound
 from runtime.pool import ModelStore, Pools
 
 STARTED = web.AppKey("started", float)
@@ -26,6 +32,11 @@ class GatewayConfig:
     models: list[ModelConfig]
     store: ModelStore
     api_keys: frozenset[str] = field(default_factory=frozenset)
+    admin_key: str | None = None
+    ledger_path: Path | None = None  # None: no ledger (no usage reports, budgets start at zero)
+    keys_path: Path | None = None  # None: static keys only
+    redis_url: str | None = None  # quota counters shared by gateways; None: in process
+    function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
 
 
 def _card(pool, created: int) -> s.ModelCard:
@@ -65,13 +76,6 @@ async def invocation_usage(request: web.Request) -> web.Response:
     return web.json_response(request.app[INVOCATIONS].usage(principal.invocation_id).as_dict())
 
 
-async def invocation_quota(request: web.Request) -> web.Response:
-    principal = principal_of(request)
-    if principal.invocation_id is None:
-        raise NotFound("This route answers invocation tokens only")
-    return web.json_response({"remaining_tokens": None})
-
-
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "models": {p.name: p.state for p in request.app[POOLS]}})
 
@@ -95,8 +99,36 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/openapi.json", openapi)
     r.add_get("/admin/pools", admin_pools)
     r.add_get("/v1/invocation/usage", invocation_usage)
-    r.add_get("/v1/invocation/quota", invocation_quota)
     r.add_get("/metrics", metrics_handler(app[METRICS]))
+    accounting.add_routes(app)
+
+
+async def _refresh_keys(keys: KeyStore) -> None:
+    """Keys created or revoked by ``llmfn keys`` in another process take effect here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(2.0)
+        await loop.run_in_executor(None, keys.reload)
+
+
+@web.middleware
+async def failed_calls_middleware(request: web.Request, handler):
+    """A call refused before it reached a model (bad input, context too long,
+    quota) is still a ledger row."""
+    try:
+        return await handler(request)
+    except LlmfnError as err:
+        endpoint = LLM_ENDPOINTS.get(request.path)
+        if endpoint is not None:
+            meter = request.get(METER) or request.app[CALLS].meter(
+                request.get(MODEL_HINT, ""), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
+            meter.done(f"error:{err.code}")
+        raise
+
+
+LLM_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                 "/v1/embeddings": "embeddings", "/score": "score", "/v1/score": "score",
+                 "/rerank": "rerank", "/v1/rerank": "rerank", "/v2/rerank": "rerank"}
 
 
 def _tally(invocations: InvocationTokens):
@@ -106,18 +138,36 @@ def _tally(invocations: InvocationTokens):
     return sink
 
 
+def _accounting(config: GatewayConfig, keys: KeyStore | None) -> Accounting:
+    ledger = Ledger(config.ledger_path) if config.ledger_path else None
+    counters = RedisCounters(config.redis_url) if config.redis_url else MemoryCounters()
+
+    async def spent_since(kind: str, resource: str, model: str, since: float) -> int:
+        if ledger is None:
+            return 0
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: ledger.totals(resource, model, since, service_type=kind))
+
+    book = QuotaBook(model_defaults={m.name: Limits(m.limits.rpm, m.limits.tpm) for m in config.models},
+                     functions=config.function_quotas, keys=keys)
+    return Accounting(QuotaPolicy(counters, spent_since=spent_since), book, ledger)
+
+
 def build_app(config: GatewayConfig) -> web.Application:
     invocations = InvocationTokens()
-    auth = Authenticator(StaticKeys(config.api_keys), invocations)
-    app = web.Application(middlewares=[errors_middleware, auth_middleware(auth)],
+    keys = KeyStore(config.keys_path) if config.keys_path else None
+    auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware(auth), failed_calls_middleware],
                           client_max_size=32 * 1024 * 1024)
     metrics = Metrics()
+    acct = _accounting(config, keys)
     calls = Calls()
-    calls.sinks.append(metrics.observe_call)
-    calls.sinks.append(_tally(invocations))
+    calls.sinks += [metrics.observe_call, _tally(invocations), acct.record]
     calls.on_first_token.append(metrics.observe_ttft)
     app[CALLS] = calls
     app[INVOCATIONS] = invocations
+    app[AUTH] = auth
+    app[ACCOUNTING] = acct
     pools = Pools(config.models, config.store, on_cold_start=metrics.observe_cold_start)
     metrics.watch_pools(pools)
     app[METRICS] = metrics
@@ -127,8 +177,14 @@ def build_app(config: GatewayConfig) -> web.Application:
 
     async def lifecycle(app: web.Application):
         await pools.start()
+        refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
         yield
+        if refresher:
+            refresher.cancel()
         await pools.close()
+        await acct.policy.counters.close()
+        if acct.ledger is not None:
+            await asyncio.get_running_loop().run_in_executor(None, acct.ledger.close)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -18,13 +18,16 @@ from cachetools import TTLCache
 
 from runtime.errors import AuthenticationFailed, PermissionDenied
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+from runtime.accounting.keys import KeyStore
+from runtime.accounting.page import PUBLIC_PATHS as PAGE_PATHS
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS
 TOKEN_PREFIX = "llmfn-inv-"
 
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "anonymous" | "key" | "function"
+    kind: str  # "anonymous" | "key" | "function" | "admin"
     name: str
     invocation_id: str | None = None
     models: frozenset[str] | None = None  # None: every model
@@ -115,8 +118,17 @@ class InvocationTokens:
 
 
 class Authenticator:
-    def __init__(self, keys: StaticKeys, invocations: InvocationTokens):
-        self.keys, self.invocations = keys, invocations
+    """Invocation tokens, the admin key, keys from the key store and static keys.
+    With no key configured (the admin key aside) any caller is accepted."""
+
+    def __init__(self, keys: StaticKeys, invocations: InvocationTokens, *,
+                 store: KeyStore | None = None, admin_key: str | None = None):
+        self.keys, self.invocations, self.store = keys, invocations, store
+        self._admin = _digest(admin_key) if admin_key else None
+
+    @property
+    def keys_in_use(self) -> bool:
+        return self.keys.enabled or (self.store is not None and self.store.enabled)
 
     def authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
@@ -124,7 +136,14 @@ class Authenticator:
         token = token.strip() if scheme.lower() == "bearer" else ""
         if token.startswith(TOKEN_PREFIX):
             return self.invocations.lookup(token)
-        if not self.keys.enabled:
+        if token and self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):
+            return Principal("admin", "admin")
+        if token and self.store is not None:
+            record = self.store.lookup(token)
+            if record is not None:
+                return Principal("key", record.name, models=frozenset(record.models)
+                                 if record.models is not None else None)
+        if not self.keys_in_use:
             return ANONYMOUS
         if not token:
             raise AuthenticationFailed("You didn't provide an API key. Provide it in the "

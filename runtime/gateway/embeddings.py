@@ -11,7 +11,15 @@ from aiohttp import web
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway.errors import parse_body
+from runtime.gateway.accounting import ACCOUNTING
 from runtime.gateway.state import meter_for, pool_for
+
+RATE_HEADERS = web.RequestKey("rate_headers", dict)
+
+
+def _json(request: web.Request, body) -> web.Response:
+    return web.json_response(text=body.model_dump_json(exclude_none=True),
+                             headers=request.get(RATE_HEADERS, {}))
 
 
 async def _embed(request: web.Request, model: str, texts: list[str], param: str,
@@ -21,23 +29,30 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     meter = meter_for(request, pool.name, endpoint)
     tokenizer = await pool.ensure_tokenizer()
     n_ctx = pool.config.pool.n_ctx
+    counts = []
     for i, text in enumerate(texts):
         n = len(tokenizer.encode(text, add_bos=True))
+        counts.append(n)
         if n > n_ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {n_ctx} tokens, however input {i} has "
                 f"{n} tokens. Please reduce the length of the input.", param=param)
     unique = list(dict.fromkeys(texts))
+    acct = request.app[ACCOUNTING]
+    grant = await acct.reserve(meter.principal, pool.name, sum(counts))
+    request[RATE_HEADERS] = grant.headers() if grant else {}
     try:
         async with pool.lease() as lease:
             out = await lease.embed(unique)
     except LlmfnError as err:
         meter.done(f"error:{err.code}")
+        await acct.settle(grant, 0)
         raise
     by_text = dict(zip(unique, zip(out["data"], out["tokens"])))
     tokens = sum(by_text[t][1] for t in texts)
     meter.first_token()
     meter.done("success", tokens)
+    await acct.settle(grant, tokens)
     return [by_text[t][0] for t in texts], tokens
 
 
@@ -66,8 +81,7 @@ async def embeddings(request: web.Request) -> web.Response:
         if req.encoding_format == "base64":
             emb = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
         data.append(s.Embedding(index=i, embedding=emb))
-    body = s.EmbeddingList(data=data, model=req.model, usage=s.Usage.of(tokens))
-    return web.json_response(text=body.model_dump_json(exclude_none=True))
+    return _json(request, s.EmbeddingList(data=data, model=req.model, usage=s.Usage.of(tokens)))
 
 
 async def score(request: web.Request) -> web.Response:
@@ -78,8 +92,7 @@ async def score(request: web.Request) -> web.Response:
     if len(lv) == 1:
         lv = lv * len(rv)
     data = [s.ScoreItem(index=i, score=_cosine(a, b)) for i, (a, b) in enumerate(zip(lv, rv))]
-    body = s.ScoreResponse(model=req.model, data=data, usage=s.Usage.of(tokens))
-    return web.json_response(text=body.model_dump_json(exclude_none=True))
+    return _json(request, s.ScoreResponse(model=req.model, data=data, usage=s.Usage.of(tokens)))
 
 
 async def rerank(request: web.Request) -> web.Response:
@@ -96,5 +109,5 @@ async def rerank(request: web.Request) -> web.Response:
     meta = {"billed_units": {"search_units": 1, "input_tokens": tokens}}
     if request.path.startswith("/v2/"):
         meta["api_version"] = {"version": "2"}
-    body = s.RerankResponse(model=req.model, results=results, usage=s.Usage.of(tokens), meta=meta)
-    return web.json_response(text=body.model_dump_json(exclude_none=True))
+    return _json(request, s.RerankResponse(model=req.model, results=results, usage=s.Usage.of(tokens),
+                                           meta=meta))

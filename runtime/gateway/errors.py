@@ -16,6 +16,7 @@ log = logging.getLogger("llmfn.gateway")
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
+MODEL_HINT = web.RequestKey("model_hint", str)  # the model a body names, even when it is invalid
 
 
 def error_response(err: LlmfnError, request_id: str | None = None) -> web.Response:
@@ -80,6 +81,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
                              code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
+    if isinstance(data.get("model"), str):
+        request[MODEL_HINT] = data["model"]
     try:
         return model.model_validate(data)
     except ValidationError as exc:

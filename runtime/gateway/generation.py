@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -17,6 +18,7 @@ from runtime.gateway import schemas as s
 from runtime.gateway.errors import parse_body
 from runtime.gateway.calls import CallMeter
 from runtime.gateway.sse import EventStream
+from runtime.gateway.accounting import ACCOUNTING
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool import ModelPool
 
@@ -70,10 +72,11 @@ async def run_choice(pool: ModelPool, payload: dict[str, Any], meter: CallMeter)
 
 async def _collect(pool: ModelPool, payload: dict[str, Any], meter: CallMeter) -> tuple[str, dict]:
     parts: list[str] = []
-    async for item in run_choice(pool, payload, meter):
-        if item.get("done"):
-            return "".join(parts), item
-        parts.append(item["text"])
+    async with aclosing(run_choice(pool, payload, meter)) as items:
+        async for item in items:
+            if item.get("done"):
+                return "".join(parts), item
+            parts.append(item["text"])
     raise AssertionError("unreachable: run_choice ends with a done item")
 
 
@@ -91,10 +94,18 @@ class Generation:
         self.totals = Totals()
         self.id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        self.grant = None
+        self.headers: dict[str, str] = {}
 
     async def respond(self, prompts: list[Prompt], max_tokens: int | None, param: str) -> web.StreamResponse:
         limits = [check_context(self.pool, len(p.tokens), max_tokens, param) for p in prompts]
-        self.totals.prompt = sum(len(p.tokens) for p in prompts)
+        prompt_tokens = sum(len(p.tokens) for p in prompts)
+        # TPM reserves the prompt plus everything the call may generate.
+        acct = self.request.app[ACCOUNTING]
+        self.grant = await acct.reserve(self.meter.principal, self.pool.name,
+                                        prompt_tokens + self.req.n * sum(limits))
+        self.headers = self.grant.headers() if self.grant else {}
+        self.totals.prompt = prompt_tokens
         jobs = [(i * self.req.n + k, p, lim) for i, (p, lim) in enumerate(zip(prompts, limits))
                 for k in range(self.req.n)]
         try:
@@ -108,6 +119,8 @@ class Generation:
             # Client went away (cancelled) or a bug: still count what was generated.
             self.meter.done("cancelled", self.totals.prompt, self.totals.completion + self._partial)
             raise
+        finally:
+            await acct.settle(self.grant, self.totals.prompt + self.totals.completion + self._partial)
 
     def _account(self, item: dict, first_of_prompt: bool) -> None:
         self.totals.completion += item["completion_tokens"]
@@ -123,11 +136,11 @@ class Generation:
         usage = self.totals.usage()
         self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.totals.cached)
         return web.json_response(text=self._whole_body(choices, usage).model_dump_json(exclude_none=True),
-                                 headers={"x-request-id": self.request[REQUEST_ID]})
+                                 headers={"x-request-id": self.request[REQUEST_ID], **self.headers})
 
     async def _stream(self, jobs) -> web.StreamResponse:
         opts = self.req.stream_options or s.StreamOptions()
-        out = EventStream(self.request)
+        out = EventStream(self.request, self.headers)
         try:
             for index, prompt, limit in jobs:
                 payload = worker_payload(self.req, prompt.tokens, limit)
@@ -135,14 +148,10 @@ class Generation:
                     await out.send(self._chunk(index, role=True, usage=self._running(opts)))
                 elif self.req.echo and prompt.text:  # type: ignore[attr-defined]
                     await out.send(self._chunk(index, text=prompt.text, usage=self._running(opts)))
-                async for item in run_choice(self.pool, payload, self.meter):
-                    if item.get("done"):
-                        self._account(item, index % self.req.n == 0)
-                        self._partial = 0
-                        await out.send(self._chunk(index, finish=_finish(item), usage=self._running(opts)))
-                    else:
-                        self._partial = item["tokens"]
-                        await out.send(self._chunk(index, text=item["text"], usage=self._running(opts)))
+                # aclosing: a client that goes away frees the slot (and stops the worker) at once
+                async with aclosing(run_choice(self.pool, payload, self.meter)) as items:
+                    async for item in items:
+                        await out.send(self._stream_item(index, item, opts))
         except LlmfnError as err:
             if not out.started:
                 raise
@@ -155,6 +164,14 @@ class Generation:
         return await out.done()
 
     _partial = 0
+
+    def _stream_item(self, index: int, item: dict, opts: s.StreamOptions) -> dict:
+        if item.get("done"):
+            self._account(item, index % self.req.n == 0)
+            self._partial = 0
+            return self._chunk(index, finish=_finish(item), usage=self._running(opts))
+        self._partial = item["tokens"]
+        return self._chunk(index, text=item["text"], usage=self._running(opts))
 
     def _running(self, opts: s.StreamOptions) -> s.Usage | None:
         if not opts.continuous_usage_stats:

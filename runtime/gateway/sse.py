@@ -11,8 +11,9 @@ from pydantic import BaseModel
 
 
 class EventStream:
-    def __init__(self, request: web.Request):
+    def __init__(self, request: web.Request, headers: dict[str, str] | None = None):
         self.request = request
+        self.headers = headers or {}
         self.response: web.StreamResponse | None = None
 
     @property
@@ -23,7 +24,7 @@ class EventStream:
         if self.response is None:
             self.response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                "x-request-id": self.request.get(REQUEST_ID, "")})
+                "x-request-id": self.request.get(REQUEST_ID, ""), **self.headers})
             await self.response.prepare(self.request)
         data = chunk.model_dump_json(exclude_none=True) if isinstance(chunk, BaseModel) else json.dumps(chunk)
         await self.response.write(b"data: " + data.encode() + b"\n\n")

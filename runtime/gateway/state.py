@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from runtime.gateway.errors import REQUEST_ID
+from runtime.gateway.errors import MODEL_HINT, REQUEST_ID  # noqa: F401 (re-exported)
 
-from runtime.gateway.auth import InvocationTokens
+from runtime.gateway.auth import Authenticator, InvocationTokens
 from runtime.gateway.calls import Calls
 from runtime.gateway.metrics import Metrics
 from runtime.pool import Pools
@@ -14,6 +14,9 @@ POOLS = web.AppKey("pools", Pools)
 METRICS = web.AppKey("metrics", Metrics)
 CALLS = web.AppKey("calls", Calls)
 INVOCATIONS = web.AppKey("invocations", InvocationTokens)
+AUTH = web.AppKey("auth", Authenticator)
+METER = web.RequestKey("meter", object)
+
 
 
 def pool_for(request: web.Request, model: str):
@@ -31,4 +34,6 @@ def pool_for(request: web.Request, model: str):
 def meter_for(request: web.Request, model: str, endpoint: str):
     from runtime.gateway.auth import principal_of
 
-    return request.app[CALLS].meter(model, endpoint, principal_of(request), request.get(REQUEST_ID, ""))
+    meter = request.app[CALLS].meter(model, endpoint, principal_of(request), request.get(REQUEST_ID, ""))
+    request[METER] = meter
+    return meter

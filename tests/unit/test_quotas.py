@@ -110,7 +110,7 @@ async def test_budgets_renew_on_a_new_day_and_month():
 async def test_budgets_start_from_the_ledger():
     calls = []
 
-    async def spent_since(resource, model, since):
+    async def spent_since(kind, resource, model, since):
         calls.append((resource, model))
         return 45
 

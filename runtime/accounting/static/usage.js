@@ -221,7 +221,8 @@
   }
 
   function axis(svg, top, plotH, baseline) {
-    const ticks = 4;
+    // whole-number steps: calls and tokens are counts
+    const ticks = top >= 5 ? (top % 4 === 0 ? 4 : 5) : top;
     for (let i = 0; i <= ticks; i++) {
       const value = (top * i) / ticks;
       const yPos = baseline - (plotH * i) / ticks;

@@ -1,0 +1,167 @@
+"""The gateway's side of accounting: which limits apply to a caller and model,
+reserving and settling them around a call, the ledger sink, and the usage,
+quota and key routes. The arithmetic lives in ``runtime.accounting``."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from runtime.accounting.keys import KeyStore
+from runtime.accounting.ledger import Ledger, LedgerRow
+from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
+from runtime.accounting.reports import parse_period, usage_report
+from runtime.errors import InvalidRequest, NotFound, PermissionDenied
+from runtime.gateway.auth import Principal, principal_of
+from runtime.gateway.calls import CallRecord
+
+
+@dataclass
+class QuotaBook:
+    """Where limits come from: the model's defaults (for everyone), the
+    function's ``Metadata.llmfn.quotas`` and the key's own limits."""
+    model_defaults: dict[str, Limits] = field(default_factory=dict)
+    functions: dict[str, dict[str, Limits]] = field(default_factory=dict)  # model or "*"
+    keys: KeyStore | None = None
+
+    def limits(self, principal: Principal, model: str) -> Limits:
+        limits = self.model_defaults.get(model, Limits())
+        if principal.kind == "function":
+            per_model = self.functions.get(principal.name, {})
+            limits = limits.tighten(per_model.get(model) or per_model.get("*") or Limits())
+        elif principal.kind == "key" and self.keys is not None:
+            record = self.keys.get(principal.name)
+            if record is not None:
+                limits = limits.tighten(record.limits)
+        return limits
+
+
+def subject_of(principal: Principal) -> tuple[str, str]:
+    """(service type, resource) of a caller, as the ledger names them."""
+    if principal.kind == "function":
+        return "function", principal.name
+    return "key", principal.name
+
+
+class Accounting:
+    def __init__(self, policy: QuotaPolicy, book: QuotaBook, ledger: Ledger | None):
+        self.policy, self.book, self.ledger = policy, book, ledger
+
+    async def reserve(self, principal: Principal, model: str, tokens: int) -> Grant | None:
+        limits = self.book.limits(principal, model)
+        if not limits:
+            return None
+        kind, resource = subject_of(principal)
+        return await self.policy.reserve(kind, resource, model, limits, tokens)
+
+    async def settle(self, grant: Grant | None, actual: int) -> None:
+        if grant is not None:
+            await self.policy.settle(grant, actual)
+
+    async def remaining(self, principal: Principal, model: str) -> int | None:
+        kind, resource = subject_of(principal)
+        return await self.policy.remaining(kind, resource, model, self.book.limits(principal, model))
+
+    def record(self, call: CallRecord) -> None:
+        if self.ledger is not None:
+            self.ledger.record(LedgerRow.from_call(call))
+
+
+ACCOUNTING = web.AppKey("accounting", Accounting)
+
+
+# ---- routes ------------------------------------------------------------------
+
+async def usage(request: web.Request) -> web.Response:
+    """``GET /v1/usage``: the admin sees everything; a key or an invocation token
+    only its own resource."""
+    acct = request.app[ACCOUNTING]
+    if acct.ledger is None:
+        raise NotFound("No ledger is configured on this gateway")
+    q = request.query
+    principal = principal_of(request)
+    service_type, resource = q.get("service_type") or None, q.get("resource") or None
+    if principal.kind != "admin" and not (principal.kind == "anonymous" and not _keys_in_use(request)):
+        own_type, own = subject_of(principal)
+        if (resource and resource != own) or (service_type and service_type != own_type):
+            raise PermissionDenied("A key or an invocation token can only read its own usage")
+        service_type, resource = own_type, own
+    by = q.get("by", "day")
+    if by not in ("day", "model", "resource"):
+        raise InvalidRequest("by must be day, model or resource", param="by")
+    try:
+        since, until = parse_period(q.get("since"), q.get("from"), q.get("to"), time.time())
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="since") from None
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(None, lambda: usage_report(
+        acct.ledger, service_type=service_type, resource=resource, model=q.get("model") or None,
+        since=since, until=until, by=by))
+    return web.json_response(report)
+
+
+def _keys_in_use(request: web.Request) -> bool:
+    from runtime.gateway.state import AUTH
+    return request.app[AUTH].keys_in_use
+
+
+async def invocation_quota(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    if principal.invocation_id is None:
+        raise NotFound("This route answers invocation tokens only")
+    model = request.query.get("model")
+    acct = request.app[ACCOUNTING]
+    models = [model] if model else sorted(principal.models or [])
+    remaining = [r for m in models if (r := await acct.remaining(principal, m)) is not None]
+    return web.json_response({"remaining_tokens": min(remaining) if remaining else None,
+                              "model": model})
+
+
+def _require_admin(request: web.Request) -> None:
+    if principal_of(request).kind != "admin":
+        raise PermissionDenied("This route needs the admin key")
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    _require_admin(request)
+    store = request.app[ACCOUNTING].book.keys
+    loop = asyncio.get_running_loop()
+    records = await loop.run_in_executor(None, store.list) if store else []
+    return web.json_response({"data": [r.public() for r in records]})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    _require_admin(request)
+    store = request.app[ACCOUNTING].book.keys
+    body = await request.json()
+    limits = Limits(*(body.get(k) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
+    loop = asyncio.get_running_loop()
+    try:
+        secret = await loop.run_in_executor(None, lambda: store.create(
+            body["name"], models=body.get("models"), limits=limits))
+    except (KeyError, ValueError) as exc:
+        raise InvalidRequest(f"cannot create the key: {exc}", param="name") from None
+    return web.json_response({"name": body["name"], "key": secret}, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    _require_admin(request)
+    store = request.app[ACCOUNTING].book.keys
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, store.revoke, request.match_info["name"]):
+        raise NotFound(f"No active key named '{request.match_info['name']}'")
+    return web.json_response({"name": request.match_info["name"], "revoked": True})
+
+
+def add_routes(app: web.Application) -> None:
+    from runtime.accounting.page import static_routes, usage_page
+
+    app.router.add_get("/v1/usage", usage)
+    app.router.add_get("/v1/invocation/quota", invocation_quota)
+    app.router.add_get("/admin/keys", list_keys)
+    app.router.add_post("/admin/keys", create_key)
+    app.router.add_delete("/admin/keys/{name}", revoke_key)
+    app.router.add_get("/usage", usage_page)
+    static_routes(app)

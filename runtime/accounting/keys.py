@@ -86,7 +86,9 @@ class KeyStore:
 
     def reload(self) -> None:
         """Refresh the in-memory copy (blocking: run it off the event loop)."""
-        self._by_hash = {k.hash: k for k in self.list() if k.revoked is None}
+        keys = self.list()
+        self._by_hash = {k.hash: k for k in keys if k.revoked is None}
+        self._revoked = {k.hash for k in keys if k.revoked is not None}
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +96,9 @@ class KeyStore:
 
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(key_hash(secret))
+
+    def is_revoked(self, secret: str) -> bool:
+        return key_hash(secret) in self._revoked
 
     def get(self, name: str) -> KeyRecord | None:
         return next((k for k in self._by_hash.values() if k.name == name), None)

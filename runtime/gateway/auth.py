@@ -143,6 +143,8 @@ class Authenticator:
             if record is not None:
                 return Principal("key", record.name, models=frozenset(record.models)
                                  if record.models is not None else None)
+            if self.store.is_revoked(token):
+                raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
         if not self.keys_in_use:
             return ANONYMOUS
         if not token:

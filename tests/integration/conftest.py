@@ -33,9 +33,9 @@ def make_gateway(model_cache):
     """Start gateways with given models; all are stopped (and their workers) at the end."""
     started: list[GatewayThread] = []
 
-    def make(*models, api_keys=(), s3_endpoint_url=None) -> GatewayThread:
+    def make(*models, api_keys=(), s3_endpoint_url=None, **config) -> GatewayThread:
         store = ModelStore(model_cache, s3_endpoint_url=s3_endpoint_url, show_progress=False)
-        gw = GatewayThread(list(models) or [model()], store, api_keys=api_keys).__enter__()
+        gw = GatewayThread(list(models) or [model()], store, api_keys=api_keys, **config).__enter__()
         started.append(gw)
         return gw
 

@@ -17,8 +17,8 @@ from runtime.pool import ModelStore
 
 
 class GatewayThread:
-    def __init__(self, models: list[ModelConfig], store: ModelStore, api_keys=frozenset()):
-        self.config = GatewayConfig(models=models, store=store, api_keys=frozenset(api_keys))
+    def __init__(self, models: list[ModelConfig], store: ModelStore, api_keys=frozenset(), **config):
+        self.config = GatewayConfig(models=models, store=store, api_keys=frozenset(api_keys), **config)
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._ready = threading.Event()
@@ -44,6 +44,8 @@ class GatewayThread:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self._thread.is_alive():
+            return  # already stopped (a test may stop it early to check what a restart keeps)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(60)
 

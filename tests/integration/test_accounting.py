@@ -1,0 +1,186 @@
+"""Ledger rows, quotas and usage reports through a real gateway over llama.cpp."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+from runtime.accounting.keys import KeyStore
+from runtime.accounting.ledger import Ledger
+from runtime.accounting.quotas import Limits
+from tests.integration.conftest import MODEL
+from tests.support.gateway import call, model
+
+ADMIN = "admin-secret-key"
+
+
+@pytest.fixture
+def data(tmp_path):
+    return {"ledger_path": tmp_path / "ledger.sqlite3", "keys_path": tmp_path / "keys.sqlite3",
+            "admin_key": ADMIN}
+
+
+def _rows(path) -> list[dict]:
+    ledger = Ledger(path)
+    try:
+        cols = ["ts", "service_type", "resource", "invocation_id", "model", "prompt_tokens",
+                "completion_tokens", "cached_tokens", "status", "error_type", "latency_ms", "ttft_ms"]
+        return [dict(zip(cols, r)) for r in ledger.read(f"SELECT {', '.join(cols)} FROM calls ORDER BY ts")]
+    finally:
+        ledger.close()
+
+
+def _bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_ledger_rows_for_success_and_each_failure(make_gateway, data):
+    gw = make_gateway(model(max_workers=1), **data)
+    url = gw.url
+    ok = call(f"{url}/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3})
+    assert ok.status == 200
+    usage = ok.json()["usage"]
+    assert call(f"{url}/v1/completions", {"model": MODEL, "prompt": "x", "temperature": 9}).status == 400
+    assert call(f"{url}/v1/completions", {"model": MODEL, "prompt": "word " * 2000}).status == 400
+    assert call(f"{url}/v1/completions", {"model": "ghost", "prompt": "x"}).status == 404
+    # a worker killed mid-request
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=call(
+        f"{url}/v1/completions", {"model": MODEL, "prompt": "Story:", "max_tokens": 900})))
+    t.start()
+    deadline = time.monotonic() + 30
+    while gw.pool_status(MODEL)["in_flight"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(gw.pool_status(MODEL)["pids"][0], signal.SIGKILL)
+    t.join(60)
+    assert result["r"].status == 502
+    gw.__exit__(None, None, None)  # a clean shutdown flushes the ledger
+    rows = _rows(data["ledger_path"])
+    by_error = {r["error_type"]: r for r in rows}
+    success = by_error[None]
+    assert success["status"] == "success" and success["service_type"] == "key"
+    assert success["resource"] == "anonymous" and success["model"] == MODEL
+    assert (success["prompt_tokens"], success["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert success["latency_ms"] > 0 and success["ttft_ms"] is not None
+    for error in ("invalid_value", "context_length_exceeded", "model_not_found", "upstream_error"):
+        assert by_error[error]["status"] == "failure", error
+    assert by_error["model_not_found"]["model"] == "ghost"
+    assert by_error["upstream_error"]["prompt_tokens"] > 0
+
+
+def test_abandoned_stream_records_the_tokens_generated(make_gateway, data):
+    gw = make_gateway(model(), **data)
+    u = urlparse(gw.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps(
+        {"model": MODEL, "prompt": "Write a long story:", "max_tokens": 500, "stream": True}),
+        {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    seen = 0
+    while seen < 5:
+        line = resp.fp.readline()
+        if line.startswith(b"data: {"):
+            seen += 1
+    conn.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 20
+    while gw.pool_status(MODEL)["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.pool_status(MODEL)["in_flight"] == 0  # the slot was freed
+    gw.__exit__(None, None, None)
+    [row] = _rows(data["ledger_path"])
+    assert row["status"] == "failure" and row["error_type"] == "cancelled"
+    assert 5 <= row["completion_tokens"] < 500
+
+
+def test_rpm_admits_exactly_r_of_many_concurrent_clients(make_gateway, data):
+    KeyStore(data["keys_path"]).create("team", limits=Limits(rpm=4))
+    secret = KeyStore(data["keys_path"]).create("burst", limits=Limits(rpm=4))
+    gw = make_gateway(model(), **data)
+    replies = []
+
+    def one():
+        replies.append(call(f"{gw.url}/v1/embeddings", {"model": MODEL, "input": "hi"}, headers=_bearer(secret)))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = sorted(r.status for r in replies)
+    assert statuses.count(200) == 4 and statuses.count(429) == 8
+    refused = next(r for r in replies if r.status == 429)
+    err = refused.json()["error"]
+    assert err["type"] == "rate_limit_exceeded" and "burst" in err["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["x-ratelimit-limit-requests"] == "4"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    admitted = next(r for r in replies if r.status == 200)
+    assert admitted.headers["x-ratelimit-limit-requests"] == "4"
+
+
+def test_tpm_reserves_and_settles(make_gateway, data):
+    secret = KeyStore(data["keys_path"]).create("tpm", limits=Limits(tpm=300))
+    gw = make_gateway(model(), **data)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."]}
+    first = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
+    assert first.status == 200
+    used = first.json()["usage"]["total_tokens"]
+    assert used < 200  # it reserved prompt + 200, then settled to what it really used
+    second = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
+    assert second.status == 200, "the unused part of the first reservation was given back"
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) <= 300 - used - 200
+    too_big = call(f"{gw.url}/v1/completions", {**body, "max_tokens": 400}, headers=_bearer(secret))
+    assert too_big.status == 429 and "max_tokens" in too_big.json()["error"]["message"]
+
+
+def test_daily_budget_survives_a_restart(make_gateway, data):
+    secret = KeyStore(data["keys_path"]).create("budget", limits=Limits(daily_tokens=30))
+    gw = make_gateway(model(), **data)
+    body = {"model": MODEL, "prompt": "Count: one two three", "max_tokens": 30}
+    assert call(f"{gw.url}/v1/completions", body, headers=_bearer(secret)).status == 200
+    spent = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
+    assert spent.status == 429
+    err = spent.json()["error"]
+    assert err["type"] == "insufficient_quota" and err["code"] == "insufficient_quota"
+    assert "daily" in err["message"] and "budget" in err["message"] and MODEL in err["message"]
+    assert "Retry-After" not in spent.headers
+    gw.__exit__(None, None, None)
+    again = make_gateway(model(), **data)  # same ledger: the budget is rebuilt from it
+    still = call(f"{again.url}/v1/completions", body, headers=_bearer(secret))
+    assert still.status == 429 and still.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_a_key_reads_only_its_own_usage(make_gateway, data):
+    store = KeyStore(data["keys_path"])
+    alice, bob = store.create("alice"), store.create("bob")
+    gw = make_gateway(model(), **data)
+    for key in (alice, bob, bob):
+        assert call(f"{gw.url}/v1/embeddings", {"model": MODEL, "input": "x"}, headers=_bearer(key)).status == 200
+    mine = call(f"{gw.url}/v1/usage?since=7d", method="GET", headers=_bearer(alice))
+    assert mine.status == 200 and mine.json()["totals"]["calls"] == 1
+    theirs = call(f"{gw.url}/v1/usage?resource=bob", method="GET", headers=_bearer(alice))
+    assert theirs.status == 403 and theirs.json()["error"]["type"] == "permission_error"
+    everyone = call(f"{gw.url}/v1/usage?by=resource", method="GET", headers=_bearer(ADMIN)).json()
+    assert {r["resource"]: r["calls"] for r in everyone["rows"]} == {"alice": 1, "bob": 2}
+    assert call(f"{gw.url}/v1/usage", method="GET").status == 401
+
+
+def test_keys_admin_routes_and_revocation(make_gateway, data):
+    gw = make_gateway(model(), **data)
+    created = call(f"{gw.url}/admin/keys", {"name": "ci", "rpm": 100}, headers=_bearer(ADMIN))
+    assert created.status == 201
+    secret = created.json()["key"]
+    listing = call(f"{gw.url}/admin/keys", method="GET", headers=_bearer(ADMIN)).json()["data"]
+    assert [k["name"] for k in listing] == ["ci"] and secret not in json.dumps(listing)
+    assert call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).status == 200
+    assert call(f"{gw.url}/admin/keys", method="GET", headers=_bearer(secret)).status == 403
+    assert call(f"{gw.url}/admin/keys/ci", method="DELETE", headers=_bearer(ADMIN)).status == 200
+    assert call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).status == 401

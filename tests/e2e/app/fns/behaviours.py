@@ -79,3 +79,15 @@ def forbidden_call(event, context):
     except openai.APIStatusError as exc:
         return {"status": exc.status_code, "type": exc.body.get("type"), "message": exc.body.get("message")}
     return {"status": 200}
+
+
+def budgeted(event, context):
+    """Spends from its daily budget and reports what is left."""
+    import openai
+    before = context.get_remaining_tokens()
+    try:
+        reply = context.llm.completions.create(model="gemma3-270m", prompt="One, two,", max_tokens=8)
+        used = reply.usage.total_tokens
+    except openai.RateLimitError as exc:
+        return {"refused": exc.body.get("code"), "message": exc.body.get("message"), "before": before}
+    return {"before": before, "used": used, "after": context.get_remaining_tokens()}

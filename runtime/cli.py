@@ -85,6 +85,11 @@ def _add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="The report as JSON.")
     p.add_argument("--data-dir", dest="data_dir", default=None, help=_env_help("data_dir"))
 
+    p = sub.add_parser("init", help="Create a working project from a starter.")
+    p.add_argument("name", help="Folder to create.")
+    p.add_argument("--template", dest="starter", default="hello-llm",
+                   help="hello-llm | s3-summarizer | scheduled-digest")
+
     p = sub.add_parser("generate-event", help="Print a sample event (like sam local generate-event).")
     p.add_argument("service", help="apigateway | s3 | schedule")
     p.add_argument("event", nargs="?", default=None, help="http | aws-proxy (apigateway), put (s3)")
@@ -152,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_commands(sub)
     args = parser.parse_args(argv)
-    from runtime.commands import generate_event, invoke, keys, start_api, start_lambda, usage
+    from runtime.commands import generate_event, init, invoke, keys, start_api, start_lambda, usage
     commands = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
-                "generate-event": generate_event, "keys": keys, "usage": usage}
+                "generate-event": generate_event, "keys": keys, "usage": usage, "init": init}
     try:
         return commands[args.command](args)
     except BrokenPipeError:  # output piped into `head` and the like

@@ -158,3 +158,16 @@ def usage(args: argparse.Namespace) -> int:
         ledger.close()
     print(json.dumps(report, indent=2) if args.json else render_text(report))
     return 0
+
+
+def init(args: argparse.Namespace) -> int:
+    from runtime.starters import create_project
+
+    path = create_project(args.name, args.starter)
+    print(f"created {path} from the '{args.starter}' starter; next:\n"
+          f"  cd {args.name} && llmfn invoke {_first_function(path)} -e events/event.json", file=sys.stderr)
+    return 0
+
+
+def _first_function(project: Path) -> str:
+    return next(iter(load_template(project / "template.yaml").functions), "Function")

@@ -134,7 +134,8 @@ LLM_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions
 def _tally(invocations: InvocationTokens):
     def sink(call: CallRecord) -> None:
         if call.principal.invocation_id is not None:
-            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens)
+            error = call.status.removeprefix("error:") if call.status.startswith("error:") else None
+            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens, error)
     return sink
 
 

@@ -69,6 +69,7 @@ class InvocationUsage:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    errors: collections.Counter = field(default_factory=collections.Counter)  # error code -> calls
 
     def as_dict(self) -> dict[str, int]:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
@@ -107,11 +108,13 @@ class InvocationTokens:
                                        code="expired_token")
         raise AuthenticationFailed("Incorrect invocation token provided.")
 
-    def record(self, invocation_id: str, prompt: int, completion: int) -> None:
+    def record(self, invocation_id: str, prompt: int, completion: int, error: str | None = None) -> None:
         u = self._usage[invocation_id]
         u.calls += 1
         u.prompt_tokens += prompt
         u.completion_tokens += completion
+        if error:
+            u.errors[error] += 1
 
     def usage(self, invocation_id: str) -> InvocationUsage:
         return self._usage.get(invocation_id) or InvocationUsage()

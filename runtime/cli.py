@@ -38,8 +38,13 @@ def _gateway_flags(p) -> None:
 
 
 def _add_commands(sub) -> None:
-    p = sub.add_parser("serve", help="Run the gateway with the template's models.")
+    p = sub.add_parser("serve", help="Run the whole product: gateway, functions, HTTP routes, triggers.")
     _gateway_flags(p)
+    p.add_argument("--api-port", dest="api_port", type=int,
+                   default=int(os.environ.get("LLMFN_API_PORT", "3000")), help="[env LLMFN_API_PORT]")
+    p.add_argument("--lambda-port", dest="lambda_port", type=int,
+                   default=int(os.environ.get("LLMFN_LAMBDA_PORT", "3001")), help="[env LLMFN_LAMBDA_PORT]")
+    p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
 
     p = sub.add_parser("invoke", help="Invoke one function once (like sam local invoke).")
     p.add_argument("function", help="Logical ID of the function in the template.")
@@ -85,6 +90,22 @@ def _add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="The report as JSON.")
     p.add_argument("--data-dir", dest="data_dir", default=None, help=_env_help("data_dir"))
 
+    p = sub.add_parser("deploy", help="Build, upload to S3 and switch the running service to new code.")
+    p.add_argument("--s3-bucket", default=os.environ.get("LLMFN_DEPLOY_BUCKET"), required=False,
+                   help="Bucket for the code bundles. [env LLMFN_DEPLOY_BUCKET]")
+    p.add_argument("--endpoint", default=os.environ.get("LLMFN_ENDPOINT", "http://127.0.0.1:3001"),
+                   help="The running service's Lambda API. [env LLMFN_ENDPOINT]")
+    for field, flag in (("template", "--template"), ("s3_endpoint_url", "--s3-endpoint-url"),
+                        ("admin_key", "--admin-key"), ("cache_dir", "--cache-dir")):
+        p.add_argument(flag, dest=field, default=None, help=_env_help(field))
+
+    p = sub.add_parser("rollback", help="Switch a function back to an earlier deployed version.")
+    p.add_argument("function")
+    p.add_argument("--to", type=int, default=None, help="Version number (default: the one before).")
+    p.add_argument("--endpoint", default=os.environ.get("LLMFN_ENDPOINT", "http://127.0.0.1:3001"),
+                   help="The running service's Lambda API. [env LLMFN_ENDPOINT]")
+    p.add_argument("--admin-key", dest="admin_key", default=None, help=_env_help("admin_key"))
+
     p = sub.add_parser("init", help="Create a working project from a starter.")
     p.add_argument("name", help="Folder to create.")
     p.add_argument("--template", dest="starter", default="hello-llm",
@@ -121,34 +142,24 @@ def _models(args: argparse.Namespace, settings: GatewaySettings):
 
 
 def serve(args: argparse.Namespace) -> int:
+    from runtime.app import Template
+    from runtime.service import Service, run
+    from runtime.stack import Stack, load_env_vars
+
     settings = _settings(args)
     logging.getLogger().setLevel(settings.log_level.upper())
     models = _models(args, settings)
-    asyncio.run(_serve(settings, models))
-    return 0
-
-
-async def _serve(settings: GatewaySettings, models) -> None:
-    from aiohttp import web
-
-    from runtime.gateway import build_app
-    from runtime.stack import gateway_config
-
-    app = build_app(gateway_config(settings, models))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # the real port when --port 0
+    # `--model` alone runs a plain gateway; the template's functions come with it
+    # when the template is named (or when no --model is given).
+    use_template = settings.template.exists() and (not args.model or args.template is not None)
+    template = load_template(settings.template) if use_template else Template()
+    stack = Stack(settings=settings, template=template, models=models,
+                  env_vars=load_env_vars(getattr(args, "env_vars", None)))
     names = ", ".join(f"{m.name} ({m.source})" for m in models)
-    print(f"llmfn gateway on http://{settings.host}:{port}  models: {names}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("llmfn: shutting down", file=sys.stderr, flush=True)
-    await runner.cleanup()  # stops every worker process
+    print(f"llmfn models: {names}", file=sys.stderr, flush=True)
+    asyncio.run(run(Service(stack, api_port=args.api_port, lambda_port=args.lambda_port,
+                            s3_endpoint_url=settings.s3_endpoint_url)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,15 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_commands(sub)
     args = parser.parse_args(argv)
-    from runtime.commands import generate_event, init, invoke, keys, start_api, start_lambda, usage
+    from runtime.commands import (deploy, generate_event, init, invoke, keys, rollback, start_api,
+                                  start_lambda, usage)
     commands = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
-                "generate-event": generate_event, "keys": keys, "usage": usage, "init": init}
+                "generate-event": generate_event, "keys": keys, "usage": usage, "init": init,
+                "deploy": deploy, "rollback": rollback}
     try:
         return commands[args.command](args)
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (TemplateError, ValueError, FileNotFoundError) as exc:
+    except (TemplateError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"llmfn: {exc}", file=sys.stderr)
         return 2
 

@@ -171,3 +171,40 @@ def init(args: argparse.Namespace) -> int:
 
 def _first_function(project: Path) -> str:
     return next(iter(load_template(project / "template.yaml").functions), "Function")
+
+
+def deploy(args: argparse.Namespace) -> int:
+    import s3fs
+
+    from runtime.cli import _settings
+    from runtime.deploy import deploy as run_deploy
+
+    if not args.s3_bucket:
+        raise ValueError("--s3-bucket (or LLMFN_DEPLOY_BUCKET) is required")
+    settings = _settings(args)
+    template = load_template(settings.template)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings.s3_endpoint_url}
+                           if settings.s3_endpoint_url else {})
+    run_deploy(template, bucket=args.s3_bucket, endpoint=args.endpoint, fs=fs,
+               cache_root=settings.cache_dir / "builds", admin_key=settings.admin_key)
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from runtime.cli import _settings
+
+    admin = _settings(args).admin_key
+    body = json.dumps({"FunctionVersion": str(args.to)} if args.to else {}).encode()
+    req = urllib.request.Request(f"{args.endpoint.rstrip('/')}/2015-03-31/functions/{args.function}/aliases/live",
+                                 data=body, method="PUT", headers={"Content-Type": "application/json",
+                                 **({"Authorization": f"Bearer {admin}"} if admin else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            version = json.loads(resp.read())["FunctionVersion"]
+    except urllib.error.HTTPError as err:
+        raise ValueError(json.loads(err.read() or b"{}").get("Message", err.reason)) from None
+    print(f"{args.function} is on version {version}", file=sys.stderr)
+    return 0

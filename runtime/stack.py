@@ -13,7 +13,7 @@ from aiohttp import web
 from runtime.app import Template
 from runtime.accounting.quotas import Limits
 from runtime.app.models import ModelConfig
-from runtime.functions import FunctionService
+from runtime.functions import Deployments, FunctionService
 from runtime.functions.dispatcher import stderr_log
 from runtime.gateway import GatewayConfig, build_app
 from runtime.gateway.state import INVOCATIONS
@@ -46,8 +46,9 @@ def load_env_vars(path: str | Path | None) -> dict[str, dict[str, str]]:
     return {name: {k: str(v) for k, v in (vars_ or {}).items()} for name, vars_ in data.items()}
 
 
-def _overrides(env_vars: dict[str, dict[str, str]], functions) -> dict[str, dict[str, str]]:
-    common = env_vars.get("Parameters", {})
+def _overrides(env_vars: dict[str, dict[str, str]], functions,
+               base: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    common = {**(base or {}), **env_vars.get("Parameters", {})}
     return {name: {**common, **env_vars.get(name, {})} for name in functions}
 
 
@@ -59,17 +60,22 @@ class Stack:
     env_vars: dict[str, dict[str, str]] = field(default_factory=dict)
     log: Callable[[str, str], None] = stderr_log
     gateway_url: str = ""
+    deployments: Deployments | None = None
+    function_env: dict[str, str] = field(default_factory=dict)  # for every function (S3 endpoint...)
+    gateway: web.Application | None = None
     functions: FunctionService | None = None
     _runners: list[web.AppRunner] = field(default_factory=list)
 
     async def start(self) -> None:
-        gateway = build_app(gateway_config(self.settings, self.models, self.template))
+        gateway = self.gateway = build_app(gateway_config(self.settings, self.models, self.template))
         port = await self.serve(gateway, self.settings.host, self.settings.port)
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.gateway_url = f"http://{host}:{port}"
         self.functions = FunctionService(self.template.functions, gateway_url=self.gateway_url,
                                          tokens=gateway[INVOCATIONS], log=self.log,
-                                         env_overrides=_overrides(self.env_vars, self.template.functions))
+                                         env_overrides=_overrides(self.env_vars, self.template.functions,
+                                                                  self.function_env),
+                                         deployments=self.deployments)
         await self.functions.start()
 
     async def serve(self, app: web.Application, host: str, port: int) -> int:

@@ -68,8 +68,9 @@ class FunctionPool:
     """The instances of one function: warm ones are reused, more start up to
     ``max_instances``; each runs one invocation at a time."""
 
-    def __init__(self, spec: FunctionSpec, dispatcher: "Dispatcher"):
+    def __init__(self, spec: FunctionSpec, dispatcher: "Dispatcher", version: int = 1):
         self.spec = spec
+        self.version = version
         self.d = dispatcher
         self.instances: list[FunctionInstance] = []
         self._idle: asyncio.Queue[FunctionInstance] = asyncio.Queue()
@@ -79,14 +80,22 @@ class FunctionPool:
         await self._slots.acquire()
         while not self._idle.empty():
             inst = self._idle.get_nowait()
-            if inst.state == "idle":
+            if inst.state == "idle" and inst.version == self.version:
                 inst.state = "busy"
                 return inst
         return await self._start()
 
+    def deploy(self, spec: FunctionSpec, version: int) -> None:
+        """New invocations run ``version``; those in flight finish on theirs, and
+        instances of other versions stop as soon as they are idle."""
+        self.spec, self.version = spec, version
+        for inst in list(self.instances):
+            if inst.state == "idle" and inst.version != version:
+                asyncio.create_task(self.retire(inst))
+
     def release(self, inst: FunctionInstance, healthy: bool) -> None:
         self._slots.release()
-        if healthy and inst.state == "busy":
+        if healthy and inst.state == "busy" and inst.version == self.version:
             inst.state, inst.last_used = "idle", time.monotonic()
             self._idle.put_nowait(inst)
         else:
@@ -95,7 +104,7 @@ class FunctionPool:
     async def _start(self) -> FunctionInstance:
         inst = FunctionInstance(self.spec, runtime_api=self.d.runtime_api_addr,
                                 gateway_url=self.d.gateway_url, log=self.d.log,
-                                env_overrides=self.d.env_overrides.get(self.spec.name))
+                                env_overrides=self.d.env_overrides.get(self.spec.name), version=self.version)
         self.d.runtime_app[INSTANCES][inst.id] = inst
         self.instances.append(inst)
         try:
@@ -192,7 +201,8 @@ class Dispatcher:
         cold = inst.invocations == 0
         inv = Invocation(function=name, event=body, timeout=spec.timeout, client_context=client_context)
         inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models)
-        self._emit(inv, f"START RequestId: {inv.request_id} Version: $LATEST")
+        inv.version = inst.version
+        self._emit(inv, f"START RequestId: {inv.request_id} Version: {inst.version}")
         inst.invocations += 1
         inst.pending.put_nowait(inv)
         report: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -21,8 +21,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 class FunctionInstance:
     def __init__(self, spec: FunctionSpec, *, runtime_api: str, gateway_url: str,
-                 log: Callable[[str, str], None], env_overrides: dict[str, str] | None = None):
+                 log: Callable[[str, str], None], env_overrides: dict[str, str] | None = None,
+                 version: int = 1):
         self.spec = spec
+        self.version = version
         self.id = uuid.uuid4().hex[:12]
         self.runtime_api = runtime_api
         self.gateway_url = gateway_url
@@ -52,11 +54,11 @@ class FunctionInstance:
         env.update({
             "AWS_LAMBDA_RUNTIME_API": f"{self.runtime_api}/i/{self.id}",
             "_HANDLER": spec.handler, "LAMBDA_TASK_ROOT": str(spec.code_uri),
-            "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name, "AWS_LAMBDA_FUNCTION_VERSION": str(self.version),
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_size),
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + self.id,
+            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime(f"%Y/%m/%d/[{self.version}]") + self.id,
             "AWS_REGION": env.get("AWS_REGION", "us-east-1"),
             "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",

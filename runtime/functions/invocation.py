@@ -45,6 +45,7 @@ class Invocation:
     outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     finished: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     failure: dict[str, Any] | None = None
+    version: int = 1
     logs: list[str] = field(default_factory=list)  # this invocation's lines, for LogType: Tail
 
     def __post_init__(self) -> None:

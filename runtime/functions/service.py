@@ -2,21 +2,35 @@
 bound to a gateway whose invocation tokens it issues."""
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
 
 from runtime.app.functions import FunctionSpec
+from runtime.functions.deployments import DeployError, Deployments, check_handler, spec_of, unpack
 from runtime.functions.dispatcher import Dispatcher, Result, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
 from runtime.gateway.auth import InvocationTokens
 
 
+@dataclass
+class StagedBundle:
+    """One function's new code: the zip, its checksum, its layers and its configuration."""
+    code: bytes
+    sha256: str
+    layers: list[tuple[bytes, str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
 class FunctionService:
     def __init__(self, functions: dict[str, FunctionSpec], *, gateway_url: str, tokens: InvocationTokens,
                  log: Callable[[str, str], None] = stderr_log,
-                 env_overrides: dict[str, dict[str, str]] | None = None):
+                 env_overrides: dict[str, dict[str, str]] | None = None,
+                 deployments: Deployments | None = None):
         self.functions = functions
+        self.deployments = deployments
         self.gateway_url = gateway_url
         self.tokens = tokens
         self.log = log
@@ -36,12 +50,74 @@ class FunctionService:
                                      gateway_url=self.gateway_url, tokens=self.tokens, log=self.log,
                                      env_overrides=self.env_overrides)
         self.dispatcher.start()
+        if self.deployments is not None:
+            loop = asyncio.get_running_loop()
+            for name, spec in self.functions.items():
+                await loop.run_in_executor(None, self.deployments.snapshot, spec)
+                self._switch(name)  # a restarted service comes back on the deployed versions
 
     async def close(self) -> None:
         if self.dispatcher:
             await self.dispatcher.close()
         if self._runner:
             await self._runner.cleanup()
+
+    # ---- versions ---------------------------------------------------------------
+
+    def _switch(self, name: str) -> None:
+        version = self.deployments.current(name) if self.deployments else None
+        if version is not None:
+            self.dispatcher.pool(name).deploy(spec_of(self.functions[name], version), version.version)
+
+    async def deploy(self, bundles: dict[str, StagedBundle]) -> dict[str, dict[str, Any]]:
+        """Switch several functions to new code at once. Everything is unpacked and
+        checked first: a deploy that fails validation changes nothing."""
+        if self.deployments is None:
+            raise DeployError("this service keeps no deployments (no data dir)")
+        unknown = [n for n in bundles if n not in self.functions]
+        if unknown:
+            raise DeployError(f"not in the template: {', '.join(unknown)}")
+        loop = asyncio.get_running_loop()
+        staged = {}
+        for name, b in bundles.items():
+            staged[name] = await loop.run_in_executor(None, self._stage, name, b)
+        out = {}
+        for name, (code_dir, layer_dirs, b) in staged.items():
+            version, changed = self.deployments.add(name, b.sha256, code_dir, layer_dirs, b.config)
+            out[name] = {"version": version.version, "changed": changed, "sha256": b.sha256}
+        self.deployments.save()
+        for name in staged:
+            self._switch(name)
+        return out
+
+    def _stage(self, name: str, b: "StagedBundle"):
+        root = self.deployments.root / "bundles"
+        root.mkdir(parents=True, exist_ok=True)
+        code_dir = unpack(b.code, b.sha256, root)
+        check_handler(code_dir, b.config.get("Handler", self.functions[name].handler))
+        layer_dirs = [unpack(data, sha, root) for data, sha in b.layers]
+        return code_dir, layer_dirs, b
+
+    def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
+        if self.deployments is None or name not in self.deployments.functions:
+            raise DeployError(f"function {name} is not served here")
+        fv = self.deployments.functions[name]
+        if to is None:
+            older = [v for v in sorted(fv.versions) if v < fv.current]
+            if not older:
+                raise DeployError(f"{name} is on its first version; nothing to roll back to")
+            to = older[-1]
+        self.deployments.set_current(name, to)
+        self.deployments.save()
+        self._switch(name)
+        return {"version": to}
+
+    def versions(self, name: str) -> dict[str, Any]:
+        fv = self.deployments.functions.get(name) if self.deployments else None
+        if fv is None:
+            return {"current": 1, "versions": [{"version": 1, "sha256": "template"}]}
+        return {"current": fv.current, "versions": [
+            {"version": v.version, "sha256": v.sha256, "created": v.created} for v in fv.versions.values()]}
 
     async def invoke(self, name: str, event: Any, **kw) -> Result:
         assert self.dispatcher is not None, "start() first"

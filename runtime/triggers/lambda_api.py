@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from runtime.functions import FunctionService
+from runtime.functions import DeployError, FunctionService, StagedBundle
 
 SERVICE = web.AppKey("functions", FunctionService)
 _BACKGROUND = web.AppKey("background", set)
@@ -49,7 +51,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     result = await service.invoke(name, payload, client_context=client_context)
     body = b"".join([chunk async for chunk in result.outcome.stream()])
     report = await result.report
-    headers = {"X-Amz-Executed-Version": "$LATEST", "Content-Type": "application/json"}
+    headers = {"X-Amz-Executed-Version": str(result.invocation.version), "Content-Type": "application/json"}
     if result.invocation.failure is not None or result.is_error:
         headers["X-Amz-Function-Error"] = "Unhandled"
         if result.invocation.failure is not None:
@@ -68,9 +70,68 @@ async def _run_async(service: FunctionService, name: str, payload: bytes, client
     await result.report
 
 
-def build_lambda_api(service: FunctionService) -> web.Application:
+# ---- deployments (llmfn deploy / rollback) -------------------------------------
+
+def _authorized(request: web.Request) -> web.Response | None:
+    admin = request.app[_ADMIN_KEY]
+    if admin and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {admin}"):
+        return _aws_error(403, "AccessDeniedException", "Deployments need the admin key")
+    return None
+
+
+async def deploy(request: web.Request) -> web.Response:
+    """Fetch every function's bundle from S3, check them all, then switch them all."""
+    if (denied := _authorized(request)) is not None:
+        return denied
+    body = await request.json()
+    fetch = request.app[_FETCH]
+    bucket = body["bucket"]
+    try:
+        bundles = {}
+        for name, fn in body["functions"].items():
+            layers = [(await fetch(bucket, layer["key"]), layer["sha256"]) for layer in fn.get("layers", [])]
+            bundles[name] = StagedBundle(await fetch(bucket, fn["key"]), fn["sha256"], layers, fn.get("config", {}))
+        result = await request.app[SERVICE].deploy(bundles)
+    except (DeployError, KeyError, FileNotFoundError) as exc:
+        return _aws_error(400, "InvalidParameterValueException", f"deploy refused, nothing changed: {exc}")
+    return web.json_response({"functions": result})
+
+
+async def rollback(request: web.Request) -> web.Response:
+    if (denied := _authorized(request)) is not None:
+        return denied
+    body = await request.json() if request.can_read_body else {}
+    to = body.get("FunctionVersion")
+    try:
+        out = request.app[SERVICE].rollback(request.match_info["name"], int(to) if to else None)
+    except DeployError as exc:
+        return _aws_error(400, "InvalidParameterValueException", str(exc))
+    return web.json_response({"Name": "live", "FunctionVersion": str(out["version"])})
+
+
+async def versions(request: web.Request) -> web.Response:
+    name = _function_name(request.match_info["name"])
+    if name not in request.app[SERVICE].functions:
+        return _aws_error(404, "ResourceNotFoundException", f"Function not found: {name}")
+    return web.json_response(request.app[SERVICE].versions(name))
+
+
+Fetch = Callable[[str, str], Awaitable[bytes]]
+_FETCH = web.AppKey("fetch", object)
+_ADMIN_KEY = web.AppKey("admin_key", str)
+
+
+def build_lambda_api(service: FunctionService, *, fetch: Fetch | None = None,
+                     admin_key: str | None = None) -> web.Application:
     app = web.Application(client_max_size=6 * 1024 * 1024)
     app[SERVICE] = service
     app[_BACKGROUND] = set()
+    app[_FETCH] = fetch
+    app[_ADMIN_KEY] = admin_key or ""
     app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
+    app.router.add_get("/2015-03-31/functions/{name}/versions", versions)
+    # UpdateAlias on the alias llmfn serves ("live") is how a rollback is said.
+    app.router.add_put("/2015-03-31/functions/{name}/aliases/live", rollback)
+    if fetch is not None:
+        app.router.add_post("/llmfn/deployments", deploy)
     return app

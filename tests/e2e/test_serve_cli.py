@@ -58,7 +58,7 @@ Resources:
     Type: AWS::Serverless::Function
     Properties: {CodeUri: ., Handler: app.handler, Runtime: python3.11}
 """)
-    proc, url, _ = _start(["--port", "0", "--template", str(template)],
+    proc, url, _ = _start(["--port", "0", "--api-port", "0", "--lambda-port", "0", "--template", str(template)],
                           {"LLMFN_CACHE_DIR": str(model_cache)})
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)

@@ -1,0 +1,275 @@
+"""Lambda's asynchronous invocation, as S3 and schedule triggers get it.
+
+It owns what happens to an event after a trigger hands it over: the event is
+recorded in the ``DeliveryStore`` first (so a crash never loses it), then runs
+in the background; a failed invocation is retried with backoff (Lambda waits
+about one minute, then two) up to ``MaximumRetryAttempts`` times and never
+once the event is older than ``MaximumEventAgeInSeconds``; a call refused for
+an exhausted LLM budget is not retried. When the invoker gives up, it builds
+Lambda's on-failure destination record and hands it to the
+``failure_destination`` callable.
+
+It must not run handler code or write to S3 itself: ``invoke`` (the function
+runtime) and ``failure_destination`` (the integrator) do those.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Literal, Mapping
+
+from runtime.app.functions import TemplateError
+from runtime.triggers.apigw import LOCAL_ACCOUNT_ID
+from runtime.triggers.delivery import Delivery, DeliveryStore
+from runtime.triggers.events import DEFAULT_REGION
+from runtime.triggers.s3 import bucket_name
+
+log = logging.getLogger("llmfn.triggers")
+
+Condition = Literal["RetriesExhausted", "EventAgeExceeded", "NotRetryable"]
+
+
+@dataclass
+class InvokeOutcome:
+    """What one invocation of a function came to."""
+    ok: bool
+    error: dict[str, Any] | None = None  # the Lambda error: errorType, errorMessage, stackTrace
+    retryable: bool = True  # False when the call was refused for an exhausted LLM budget
+
+
+Invoke = Callable[[str, dict], Awaitable[InvokeOutcome]]
+# (function, destination URL such as "s3://bucket/prefix" or None, destination record)
+FailureDestination = Callable[[str, "str | None", dict], Awaitable[None]]
+
+MAX_RETRY_ATTEMPTS = 2
+MAX_EVENT_AGE_S = 21600
+MIN_EVENT_AGE_S = 60
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """A function's ``EventInvokeConfig``; the defaults are Lambda's."""
+    maximum_retry_attempts: int = MAX_RETRY_ATTEMPTS
+    maximum_event_age_s: float = MAX_EVENT_AGE_S
+    destination: str | None = None  # on-failure destination, "s3://bucket/prefix"
+
+
+def async_config(resource_properties: Mapping[str, Any], default_destination: str | None = None, *,
+                 resources: Mapping[str, Any] | None = None, where: str = "Properties") -> AsyncConfig:
+    """``EventInvokeConfig`` of a function resource's ``Properties`` (Globals already merged).
+
+    The on-failure destination may be ``s3://bucket/prefix``, an S3 bucket ARN,
+    or ``!Ref`` / ``!GetAtt X.Arn`` of an ``AWS::S3::Bucket`` in ``resources``.
+    SQS, SNS, Lambda and EventBridge destinations do not exist locally: they
+    fall back to ``default_destination`` with a warning.
+    """
+    cfg = resource_properties.get("EventInvokeConfig") or {}
+    where = f"{where}.EventInvokeConfig"
+    retries = _int_in(cfg, "MaximumRetryAttempts", MAX_RETRY_ATTEMPTS, 0, MAX_RETRY_ATTEMPTS, where)
+    max_age = _int_in(cfg, "MaximumEventAgeInSeconds", MAX_EVENT_AGE_S, MIN_EVENT_AGE_S, MAX_EVENT_AGE_S, where)
+    on_failure = ((cfg.get("DestinationConfig") or {}).get("OnFailure") or {})
+    destination = _s3_destination(on_failure, resources or {}, f"{where}.DestinationConfig.OnFailure")
+    return AsyncConfig(retries, max_age, destination or default_destination)
+
+
+def _int_in(cfg: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TemplateError(f"{where}.{key}: must be an integer from {low} to {high}")
+    return value
+
+
+def _s3_destination(on_failure: Mapping[str, Any], resources: Mapping[str, Any], where: str) -> str | None:
+    target = on_failure.get("Destination")
+    kind = str(on_failure.get("Type", "S3" if target else "")).upper()
+    if not target:
+        return None
+    if kind != "S3":
+        log.warning("%s: %s destinations are not emulated; failed events go to the default destination",
+                    where, on_failure.get("Type"))
+        return None
+    if isinstance(target, str) and target.startswith("s3://"):
+        return target.rstrip("/")
+    if isinstance(target, str) and target.startswith("arn:aws:s3:::"):
+        return "s3://" + target.removeprefix("arn:aws:s3:::").rstrip("/")
+    if isinstance(target, dict) and "Fn::GetAtt" in target:
+        logical = target["Fn::GetAtt"]
+        logical = logical.split(".")[0] if isinstance(logical, str) else logical[0]
+        return f"s3://{bucket_name({'Ref': logical}, resources)}"
+    if isinstance(target, dict) and "Ref" in target:
+        return f"s3://{bucket_name(target, resources)}"
+    raise TemplateError(f"{where}.Destination: must be s3://bucket/prefix, a bucket ARN, "
+                        "or !Ref / !GetAtt of an AWS::S3::Bucket")
+
+
+@dataclass
+class _Run:
+    """One event's delivery in progress."""
+    function: str
+    event_id: str
+    event: dict[str, Any]
+    config: AsyncConfig
+    first_seen: float
+    attempts: int = 0
+    last_error: dict[str, Any] | None = field(default=None)
+
+
+class AsyncInvoker:
+    """Runs submitted events in the background with Lambda's retry and destination rules."""
+
+    def __init__(self, invoke: Invoke, *, store: DeliveryStore, failure_destination: FailureDestination,
+                 configs: Mapping[str, AsyncConfig] | None = None, clock: Callable[[], float] = time.time,
+                 retry_base_delay_s: float = 60.0, concurrency: int = 8,
+                 region: str = DEFAULT_REGION, account_id: str = LOCAL_ACCOUNT_ID):
+        self._invoke = invoke
+        self._store = store
+        self._failure_destination = failure_destination
+        self._configs = dict(configs or {})
+        self._clock = clock
+        self._base_delay = retry_base_delay_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._region, self._account = region, account_id
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._closed = False
+
+    def config_for(self, function: str) -> AsyncConfig:
+        return self._configs.get(function) or AsyncConfig()
+
+    async def submit(self, function: str, event: dict[str, Any], *, event_id: str,
+                     config: AsyncConfig | None = None) -> bool:
+        """Accept an event (Lambda's 202); False when ``event_id`` was accepted before.
+
+        The event is durable once this returns; it runs in a background task.
+        After ``close()`` it is still recorded and runs on the next ``resume()``.
+        """
+        now = self._clock()
+        if not await asyncio.to_thread(self._store.claim, event_id, function, event, now=now):
+            return False
+        if not self._closed:
+            self._start(_Run(function, event_id, event, config or self.config_for(function), now))
+        return True
+
+    async def resume(self) -> int:
+        """Re-run the events that were pending when the service last stopped (at-least-once)."""
+        pending = await asyncio.to_thread(self._store.pending)
+        started = 0
+        for row in pending:
+            if row.event_id not in self._tasks and not self._closed:
+                self._start(self._resumed(row))
+                started += 1
+        if started:
+            log.info("resuming %d pending event(s)", started)
+        return started
+
+    async def drain(self) -> None:
+        """Wait until every event submitted so far is finished (done or failed)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop taking work; let in-flight events finish for up to ``timeout`` seconds.
+
+        Whatever is still running then is cancelled and stays pending in the
+        store, so the next ``resume()`` runs it again.
+        """
+        self._closed = True
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, unfinished = await asyncio.wait(tasks, timeout=timeout)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            log.info("%d event(s) still running at shutdown stay pending for the next start",
+                     len(unfinished))
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    def _resumed(self, row: Delivery) -> _Run:
+        return _Run(row.function, row.event_id, row.payload, self.config_for(row.function), row.first_seen,
+                    attempts=row.attempts, last_error=row.last_error)
+
+    def _start(self, run: _Run) -> None:
+        task = asyncio.create_task(self._deliver(run), name=f"llmfn-async:{run.event_id}")
+        self._tasks[run.event_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run.event_id, None))
+
+    async def _deliver(self, run: _Run) -> None:
+        while True:
+            if run.attempts > run.config.maximum_retry_attempts:  # resumed after its last try
+                return await self._give_up(run, "RetriesExhausted")
+            if self._too_old(run, self._clock()):
+                return await self._give_up(run, "EventAgeExceeded")
+            outcome = await self._attempt(run)
+            if outcome.ok:
+                await asyncio.to_thread(self._store.mark, run.event_id, "done", run.attempts)
+                return
+            run.last_error = outcome.error or {"errorType": "Unknown", "errorMessage": "invocation failed"}
+            await asyncio.to_thread(self._store.mark, run.event_id, "pending", run.attempts, run.last_error)
+            if not outcome.retryable:
+                return await self._give_up(run, "NotRetryable")
+            if run.attempts > run.config.maximum_retry_attempts:
+                return await self._give_up(run, "RetriesExhausted")
+            delay = self._base_delay * 2 ** (run.attempts - 1)
+            # Lambda drops an event that would be too old by its next try; no point waiting for that.
+            if self._too_old(run, self._clock() + delay):
+                return await self._give_up(run, "EventAgeExceeded")
+            log.info("%s: attempt %d failed (%s); retrying in %.1fs", run.function, run.attempts,
+                     run.last_error.get("errorType"), delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, run: _Run) -> InvokeOutcome:
+        async with self._slots:  # held while invoking only, never while waiting to retry
+            run.attempts += 1
+            try:
+                return await self._invoke(run.function, run.event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a runtime fault is a failed attempt, not a lost event
+                log.exception("%s: invoke raised", run.function)
+                return InvokeOutcome(ok=False, error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
+
+    def _too_old(self, run: _Run, moment: float) -> bool:
+        return moment - run.first_seen > run.config.maximum_event_age_s
+
+    async def _give_up(self, run: _Run, condition: Condition) -> None:
+        record = self._record(run, condition)
+        log.warning("%s: event %s not delivered (%s after %d attempt(s))", run.function, run.event_id,
+                    condition, run.attempts)
+        try:
+            await self._failure_destination(run.function, run.config.destination, record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The event is still marked failed: re-running the function would not fix the destination.
+            log.exception("%s: could not write the on-failure record for %s", run.function, run.event_id)
+        await asyncio.to_thread(self._store.mark, run.event_id, "failed", run.attempts, run.last_error)
+
+    def _record(self, run: _Run, condition: Condition) -> dict[str, Any]:
+        """Lambda's on-failure destination record for an event given up on."""
+        arn = f"arn:aws:lambda:{self._region}:{self._account}:function:{run.function}:$LATEST"
+        record: dict[str, Any] = {
+            "version": "1.0",
+            "timestamp": _iso(self._clock()),
+            "requestContext": {
+                # Lambda keeps one request id across an async event's retries.
+                "requestId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"llmfn:{run.event_id}")),
+                "functionArn": arn,
+                "condition": condition,
+                "approximateInvokeCount": run.attempts,
+            },
+            "requestPayload": run.event,
+        }
+        if run.attempts:
+            record["responseContext"] = {"statusCode": 200, "executedVersion": "$LATEST",
+                                         "functionError": "Unhandled"}
+            record["responsePayload"] = run.last_error
+        return record
+
+
+def _iso(ts: float) -> str:
+    moment = datetime.fromtimestamp(ts, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -34,7 +34,7 @@ import fnmatch
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Mapping, Protocol
 
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
@@ -287,5 +287,4 @@ def _client_kwargs(options: Mapping[str, Any], endpoint_url: str | None, region:
         kwargs["endpoint_url"] = endpoint_url
     if region:
         kwargs["region_name"] = region
-    kwargs.setdefault("region_name", "us-east-1")
     return kwargs

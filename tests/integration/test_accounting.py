@@ -184,3 +184,15 @@ def test_keys_admin_routes_and_revocation(make_gateway, data):
     assert call(f"{gw.url}/admin/keys", method="GET", headers=_bearer(secret)).status == 403
     assert call(f"{gw.url}/admin/keys/ci", method="DELETE", headers=_bearer(ADMIN)).status == 200
     assert call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).status == 401
+
+
+def test_model_default_limits_apply_to_every_caller(make_gateway, data):
+    from runtime.app.models import ModelConfig, ModelLimits, PoolConfig
+
+    limited = ModelConfig(name=MODEL, limits=ModelLimits(rpm=2), pool=PoolConfig(n_ctx=512, n_threads=2))
+    store = KeyStore(data["keys_path"])
+    a, b = store.create("a"), store.create("b")
+    gw = make_gateway(limited, **data)
+    body = {"model": MODEL, "input": "x"}
+    for key in (a, b):  # each caller has its own window of the model's limit
+        assert [call(f"{gw.url}/v1/embeddings", body, headers=_bearer(key)).status for _ in range(3)] == [200, 200, 429]

@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/invoke_overhead.py
+	$(BIN)/python bench/accounting_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -116,7 +116,10 @@ class MemoryCounters:
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
         self._requests: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._tokens: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)  # id -> [ts, n]
+        # id -> [ts, n], in admission order (so the oldest is first), plus a running total:
+        # each decision costs O(expired), not O(window).
+        self._tokens: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
+        self._token_sum: dict[str, int] = collections.defaultdict(int)
         self._spent: dict[tuple[str, str], int] = collections.defaultdict(int)
 
     def _expire(self, subject: str, now: float) -> None:
@@ -124,22 +127,26 @@ class MemoryCounters:
         while reqs and reqs[0] <= now - WINDOW_S:
             reqs.popleft()
         toks = self._tokens[subject]
-        for gid in [g for g, (ts, _) in toks.items() if ts <= now - WINDOW_S]:
+        while toks:
+            gid, (ts, n) = next(iter(toks.items()))
+            if ts > now - WINDOW_S:
+                break
             del toks[gid]
+            self._token_sum[subject] -= n
 
     async def reserve(self, subject: str, limits: Limits, tokens: int, grant_id: str) -> Decision:
         now = self.clock()
         self._expire(subject, now)
         reqs, toks = self._requests[subject], self._tokens[subject]
         day, month = periods(now)
-        used_tokens = sum(n for _, n in toks.values())
+        used_tokens = self._token_sum[subject]
         d = Decision(admitted=False)
         if limits.rpm is not None:
             d.requests_left = limits.rpm - len(reqs)
             d.reset_requests_s = (reqs[0] + WINDOW_S - now) if reqs else 0.0
         if limits.tpm is not None:
             d.tokens_left = limits.tpm - used_tokens
-            d.reset_tokens_s = (min(ts for ts, _ in toks.values()) + WINDOW_S - now) if toks else 0.0
+            d.reset_tokens_s = (_oldest(toks) + WINDOW_S - now) if toks else 0.0
         for which, key, cap in (("daily", day, limits.daily_tokens), ("monthly", month, limits.monthly_tokens)):
             if cap is not None:
                 left = cap - self._spent[(subject, key)]
@@ -165,13 +172,15 @@ class MemoryCounters:
             d.reset_requests_s = reqs[0] + WINDOW_S - now
         if limits.tpm is not None:
             toks[grant_id] = [now, tokens]
+            self._token_sum[subject] += tokens
             d.tokens_left = limits.tpm - used_tokens - tokens
-            d.reset_tokens_s = min(ts for ts, _ in toks.values()) + WINDOW_S - now
+            d.reset_tokens_s = _oldest(toks) + WINDOW_S - now
         return d
 
     async def settle(self, subject: str, limits: Limits, grant_id: str, reserved: int, actual: int) -> None:
         entry = self._tokens[subject].get(grant_id)
         if entry is not None:
+            self._token_sum[subject] += actual - entry[1]
             entry[1] = actual  # the window keeps its place, with the real count
         day, month = periods(self.clock())
         self._spent[(subject, day)] += actual
@@ -187,6 +196,10 @@ class MemoryCounters:
 
     async def close(self) -> None:
         pass
+
+
+def _oldest(toks: dict[str, list[float]]) -> float:
+    return next(iter(toks.values()))[0]
 
 
 def _tokens_free_at(toks: dict[str, list[float]], allowed: int, now: float) -> float:

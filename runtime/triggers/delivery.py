@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Awaitable, Callable, Iterable, Literal, Protocol
 
 Status = Literal["pending", "done", "failed", "skipped"]
 # pending: accepted, not finished; done: the function succeeded; failed: sent to the
@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS markers (
     updated  REAL NOT NULL
 );
 """
+
+
+class Submit(Protocol):
+    """How a trigger hands an event over (``AsyncInvoker.submit``): the event is
+    claimed under ``event_id`` and run; False when that id was claimed before."""
+    def __call__(self, function: str, event: Any, *, event_id: str) -> Awaitable[bool]: ...
 
 
 @dataclass(frozen=True)

@@ -34,23 +34,18 @@ import fnmatch
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Mapping, Protocol
+from typing import Any, AsyncIterator, Mapping
 
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
 from runtime.app.functions import FunctionSpec, TemplateError
-from runtime.triggers.delivery import DeliveryStore
+from runtime.triggers.delivery import DeliveryStore, Submit
 from runtime.triggers.events import s3_event, s3_put_record
 
 log = logging.getLogger("llmfn.triggers")
 
 CREATED_EVENT = "s3:ObjectCreated:Put"
-
-
-class Submit(Protocol):
-    """The async invoker's ``submit``: accept an event once; False when seen before."""
-    def __call__(self, function: str, event: dict[str, Any], *, event_id: str) -> Awaitable[bool]: ...
 
 
 @dataclass
@@ -165,6 +160,7 @@ class S3Trigger:
         self._seen: dict[str, set[str]] = {}  # per rule id prefix: event ids already claimed
         self._task: asyncio.Task | None = None
         self._last_error: str | None = None
+        self._polling = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect, create missing buckets, take each new rule's baseline, then poll in the background."""
@@ -187,12 +183,15 @@ class S3Trigger:
     async def poll_once(self) -> int:
         """One pass over every rule; returns how many events were submitted."""
         submitted = 0
-        for rule in self.rules:
-            submitted += await self._poll_rule(rule)
+        async with self._polling:  # one pass at a time: overlapping passes would list twice
+            for rule in self.rules:
+                submitted += await self._poll_rule(rule)
         return submitted
 
     async def _run(self) -> None:
         while True:
+            # start() has just taken the baselines, so the first pass can wait an interval.
+            await asyncio.sleep(self._interval)
             try:
                 await self.poll_once()
                 self._last_error = None
@@ -202,7 +201,6 @@ class S3Trigger:
                 if str(exc) != self._last_error:
                     log.warning("S3 trigger: polling failed: %s", exc)
                 self._last_error = str(exc)
-            await asyncio.sleep(self._interval)
 
     async def _ensure_bucket(self, bucket: str) -> None:
         try:

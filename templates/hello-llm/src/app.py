@@ -19,11 +19,12 @@ def _name(event):
 
 def handler(event, context):
     name = _name(event or {})
-    # Gemma 3 270M is a base model: give it the start of the text to continue.
+    # Gemma 3 270M is a base model: show it one greeting, then start the next one for it to finish.
     opening = f"Hello {name}!"
-    reply = context.llm.completions.create(
-        model=MODEL, prompt=f'Write a warm one-sentence greeting for {name}.\n\n"{opening}',
-        max_tokens=24, stop=["\n", '"'], temperature=0.7)
+    prompt = ('Greeting cards:\nFor Tom: "Hello Tom! It is so good to see you, I hope your week went well."\n'
+              f'For {name}: "{opening}')
+    reply = context.llm.completions.create(model=MODEL, prompt=prompt, max_tokens=24, stop=["\n", '"'],
+                                           temperature=0.7)
     greeting = f"{opening}{reply.choices[0].text}".strip()
     return {"statusCode": 200, "headers": {"content-type": "application/json"},
             "body": json.dumps({"greeting": greeting, "usage": reply.usage.model_dump(exclude_none=True)})}

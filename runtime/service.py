@@ -54,6 +54,7 @@ class Service:
         if self.s3_endpoint_url is None:
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
             for k, v in EMBEDDED_S3_CREDENTIALS.items():
                 os.environ.setdefault(k, v)
             self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

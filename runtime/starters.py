@@ -34,7 +34,9 @@ def create_project(name: str, starter: str) -> Path:
     if not PROJECT_NAME.match(project):
         raise ValueError(f"project name '{project}': use letters, digits, '.', '_' and '-', "
                          "starting with a letter or digit")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"'{name}' already exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()):
         raise ValueError(f"folder '{name}' already exists and is not empty")
     shutil.copytree(TEMPLATES_DIR / starter, target, ignore=_LEFTOVERS, dirs_exist_ok=True)
     for path in target.rglob("*"):

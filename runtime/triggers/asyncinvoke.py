@@ -42,7 +42,8 @@ class InvokeOutcome:
 
 
 Invoke = Callable[[str, dict], Awaitable[InvokeOutcome]]
-# (function, destination URL such as "s3://bucket/prefix" or None, destination record)
+# (function, its on-failure destination "s3://bucket/prefix" or None when it has none, the record).
+# The integrator writes the record there, e.g. one JSON object per failed event.
 FailureDestination = Callable[[str, "str | None", dict], Awaitable[None]]
 
 MAX_RETRY_ATTEMPTS = 2

@@ -166,10 +166,14 @@ class S3Trigger:
         """Connect, create missing buckets, take each new rule's baseline, then poll in the background."""
         self._client = await self._exit.enter_async_context(
             AioSession().create_client("s3", **_client_kwargs(self._options, self._endpoint_url, self._region)))
-        for bucket in sorted({rule.bucket for rule in self.rules}):
-            await self._ensure_bucket(bucket)
-        for rule in self.rules:
-            await self._load_seen(rule)
+        try:
+            for bucket in sorted({rule.bucket for rule in self.rules}):
+                await self._ensure_bucket(bucket)
+            for rule in self.rules:
+                await self._load_seen(rule)
+        except BaseException:
+            await self.close()
+            raise
         self._task = asyncio.create_task(self._run(), name="llmfn-s3-trigger")
 
     async def close(self) -> None:

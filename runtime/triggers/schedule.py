@@ -44,8 +44,8 @@ log = logging.getLogger("llmfn.triggers")
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+([a-z]+)\s*\)$", re.IGNORECASE)
 _CRON = re.compile(r"^cron\((.*)\)$", re.IGNORECASE)
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-# How far ahead croniter looks for a match before saying there is none (a cron whose years are over).
-_MAX_YEARS_AHEAD = 5
+# How far ahead croniter looks before saying there is no firing (AWS allows years up to 2199).
+_MAX_YEARS_AHEAD = 200
 
 
 class Schedule(Protocol):
@@ -148,7 +148,7 @@ class ScheduleEntry:
     event: str  # the event's name under the function's Events
     rule: str  # the EventBridge rule's name: Name, else FunctionEvent like SAM's logical id
     expression: str
-    schedule: RateSchedule | CronSchedule
+    schedule: Schedule
     enabled: bool = True
     input: Any = None  # parsed Input; when set it replaces the scheduled event
 

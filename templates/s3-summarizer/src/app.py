@@ -29,7 +29,7 @@ def split_text(text, size=CHUNK_CHARS):
 
 def summarize_piece(llm, text):
     # Gemma 3 270M is a base model: it continues text, so the prompt ends where a summary begins.
-    reply = llm.completions.create(model=MODEL, prompt=f"{text}\n\nIn short,", max_tokens=SUMMARY_TOKENS,
+    reply = llm.completions.create(model=MODEL, prompt=f"{text}\n\nTL;DR:", max_tokens=SUMMARY_TOKENS,
                                    stop=["\n"], temperature=0.2)
     summary = reply.choices[0].text.strip()
     return summary[:1].upper() + summary[1:]

@@ -18,7 +18,8 @@ def handler(event, context):
     opening = "Today,"
     reply = context.llm.completions.create(
         model=MODEL, prompt=f"News for the team:\n{updates}\n\nThe daily digest: {opening}",
-        max_tokens=96, stop=["\n"], temperature=0.3)
+        max_tokens=96, stop=["\n"], temperature=0.3,
+        frequency_penalty=1.0)  # a small model repeats itself; the penalty keeps it moving on
     return {
         "digest": f"{opening}{reply.choices[0].text}".strip(),
         "items": items,

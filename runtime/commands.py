@@ -56,7 +56,15 @@ async def _invoke(stack: Stack, name: str, event: Any) -> int:
     return 0
 
 
-async def _run_until_signal(stack: Stack, *servers) -> None:
+async def _emulate(stack: Stack, command: str, serve_trigger) -> None:
+    """Start the stack and one trigger, say where they are, run until a signal."""
+    await stack.start()
+    url = await serve_trigger()
+    print(f"llmfn {command} on {url}  gateway on {stack.gateway_url}", file=sys.stderr, flush=True)
+    await _run_until_signal(stack)
+
+
+async def _run_until_signal(stack: Stack) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,18 +81,14 @@ def start_api(args: argparse.Namespace) -> int:
 
     stack = _stack(args)
 
-    async def run() -> None:
-        await stack.start()
+    async def serve_routes() -> str:
         app, routes = build_http_api(stack.template.functions, stack.functions)
         port = await stack.serve(app, stack.settings.host, args.api_port)
         for method, path, fn in routes:
-            print(f"Mounting {fn} at http://{stack.settings.host}:{port}{path} [{method}]",
-                  file=sys.stderr)
-        print(f"llmfn start-api on http://{stack.settings.host}:{port}  gateway on {stack.gateway_url}",
-              file=sys.stderr, flush=True)
-        await _run_until_signal(stack)
+            print(f"Mounting {fn} at http://{stack.settings.host}:{port}{path} [{method}]", file=sys.stderr)
+        return f"http://{stack.settings.host}:{port}"
 
-    asyncio.run(run())
+    asyncio.run(_emulate(stack, "start-api", serve_routes))
     return 0
 
 
@@ -93,14 +97,11 @@ def start_lambda(args: argparse.Namespace) -> int:
 
     stack = _stack(args)
 
-    async def run() -> None:
-        await stack.start()
+    async def serve_api() -> str:
         port = await stack.serve(build_lambda_api(stack.functions), stack.settings.host, args.lambda_port)
-        print(f"llmfn start-lambda on http://{stack.settings.host}:{port}  gateway on {stack.gateway_url}",
-              file=sys.stderr, flush=True)
-        await _run_until_signal(stack)
+        return f"http://{stack.settings.host}:{port}"
 
-    asyncio.run(run())
+    asyncio.run(_emulate(stack, "start-lambda", serve_api))
     return 0
 
 

@@ -130,12 +130,16 @@ class CompletionRequest(SamplingParams):
         return self
 
     def prompts(self) -> list[str | list[int]]:
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if p and isinstance(p[0], int):
-            return [p]  # one prompt given as token ids
-        return list(p)  # type: ignore[arg-type]
+        return _one_or_many(self.prompt)
+
+
+def _one_or_many(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The OpenAI API's text-or-tokens field: one text, one token list, or a list of either."""
+    if isinstance(value, str):
+        return [value]
+    if value and isinstance(value[0], int):
+        return [value]  # one input given as token ids
+    return list(value)  # type: ignore[arg-type]
 
 
 class EmbeddingRequest(_Request):
@@ -155,12 +159,7 @@ class EmbeddingRequest(_Request):
         return v
 
     def inputs(self) -> list[str | list[int]]:
-        v = self.input
-        if isinstance(v, str):
-            return [v]
-        if v and isinstance(v[0], int):
-            return [v]  # type: ignore[list-item]
-        return list(v)  # type: ignore[arg-type]
+        return _one_or_many(self.input)
 
 
 class ScoreRequest(_Request):

@@ -30,6 +30,7 @@ class FunctionLlm(BaseModel):
     models: list[str] | None = None  # None: every model the gateway serves
     quotas: dict[str, QuotaSpec] = Field(default_factory=dict)  # per model; "*" for all
     max_instances: int = Field(10, ge=1, le=1000)
+    usage_access: Literal["own", "all"] = "own"  # "all": may read every resource's usage report
     idle_timeout: float = Field(300.0, gt=0)
 
 

@@ -200,7 +200,8 @@ class Dispatcher:
         inst = await pool.acquire()
         cold = inst.invocations == 0
         inv = Invocation(function=name, event=body, timeout=spec.timeout, client_context=client_context)
-        inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models)
+        inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models,
+                                      reads_all_usage=spec.llm.usage_access == "all")
         inv.version = inst.version
         self._emit(inv, f"START RequestId: {inv.request_id} Version: {inst.version}")
         inst.invocations += 1

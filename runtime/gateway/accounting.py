@@ -83,7 +83,7 @@ async def usage(request: web.Request) -> web.Response:
     q = request.query
     principal = principal_of(request)
     service_type, resource = q.get("service_type") or None, q.get("resource") or None
-    if principal.kind != "admin" and not (principal.kind == "anonymous" and not _keys_in_use(request)):
+    if not principal.reads_all_usage and not (principal.kind == "anonymous" and not _keys_in_use(request)):
         own_type, own = subject_of(principal)
         if (resource and resource != own) or (service_type and service_type != own_type):
             raise PermissionDenied("A key or an invocation token can only read its own usage")

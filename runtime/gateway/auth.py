@@ -31,6 +31,7 @@ class Principal:
     name: str
     invocation_id: str | None = None
     models: frozenset[str] | None = None  # None: every model
+    reads_all_usage: bool = False
 
     def authorize(self, model: str) -> None:
         if self.models is not None and model not in self.models:
@@ -84,10 +85,12 @@ class InvocationTokens:
     _ended: TTLCache = field(default_factory=lambda: TTLCache(maxsize=100_000, ttl=3600))
     _usage: dict[str, InvocationUsage] = field(default_factory=lambda: collections.defaultdict(InvocationUsage))
 
-    def issue(self, function: str, invocation_id: str, models: list[str] | None) -> str:
+    def issue(self, function: str, invocation_id: str, models: list[str] | None,
+              reads_all_usage: bool = False) -> str:
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         self._live[_digest(token)] = Principal("function", function, invocation_id,
-                                               frozenset(models) if models is not None else None)
+                                               frozenset(models) if models is not None else None,
+                                               reads_all_usage)
         return token
 
     def revoke(self, token: str) -> InvocationUsage:
@@ -140,7 +143,7 @@ class Authenticator:
         if token.startswith(TOKEN_PREFIX):
             return self.invocations.lookup(token)
         if token and self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):
-            return Principal("admin", "admin")
+            return Principal("admin", "admin", reads_all_usage=True)
         if token and self.store is not None:
             record = self.store.lookup(token)
             if record is not None:

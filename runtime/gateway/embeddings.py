@@ -31,7 +31,7 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     n_ctx = pool.config.pool.n_ctx
     counts = []
     for i, text in enumerate(texts):
-        n = len(tokenizer.encode(text, add_bos=True))
+        n = len(await tokenizer.aencode(text, add_bos=True))
         counts.append(n)
         if n > n_ctx:
             raise ContextLengthExceeded(

@@ -224,7 +224,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tokenizer = await gen.pool.ensure_tokenizer()
     try:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
-        tokens = tokenizer.render_chat(messages, req.tools)
+        tokens = await tokenizer.arender_chat(messages, req.tools)
     except ValueError as exc:  # unsupported content part, or the template refused the roles
         raise InvalidRequest(str(exc), param="messages") from None
     return await gen.respond([Prompt(tokens)], req.max_tokens, "messages")
@@ -237,7 +237,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = []
     for p in req.prompts():
         if isinstance(p, str):
-            prompts.append(Prompt(tokenizer.encode(p, add_bos=True, special=True), p))
+            prompts.append(Prompt(await tokenizer.aencode(p, add_bos=True, special=True), p))
         else:
             prompts.append(Prompt(list(p), tokenizer.decode(list(p)) if req.echo else ""))
     if any(not p.tokens for p in prompts):

@@ -3,10 +3,18 @@ so prompt sizes are known exactly before a request is dispatched. It also
 renders chat messages with the model's chat template from the GGUF."""
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+# Short texts tokenize in microseconds: inline. Long ones go to a thread, so a
+# large document never holds up the event loop.
+INLINE_CHARS = 8192
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
 # Base models ship no chat template: a plain transcript they can continue.
 _FALLBACK_TEMPLATE = (
@@ -41,3 +49,17 @@ class ModelTokenizer:
         """Messages -> prompt tokens, exactly as the model will see them."""
         result = self._chat(messages=messages, tools=tools)
         return self.encode(result.prompt, add_bos=not result.added_special, special=True)
+
+    async def aencode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        call = functools.partial(self.encode, text, add_bos=add_bos, special=special)
+        return await _run(call, len(text))
+
+    async def arender_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        size = sum(len(str(m.get("content") or "")) for m in messages)
+        return await _run(functools.partial(self.render_chat, messages, tools), size)
+
+
+async def _run(call, size: int):
+    if size <= INLINE_CHARS:
+        return call()
+    return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, call)

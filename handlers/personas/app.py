@@ -1,14 +1,25 @@
 """Several LLM calls in one invocation: personas answer in turn, each one
 seeing what the others said before it."""
 
+import json
+
 MODEL = "gemma3-270m"
 # A base model continues text: each persona's turn starts with its opening words.
 PERSONAS = [("Optimist", "I think"), ("Skeptic", "I doubt"), ("Engineer", "To build it,")]
 
 
+def _params(event):
+    """Invoked directly, the event holds the parameters; over HTTP, its JSON body does."""
+    event = event or {}
+    if "body" in event and "requestContext" in event:
+        return json.loads(event.get("body") or "{}")
+    return event
+
+
 def handler(event, context):
-    topic = (event or {}).get("topic", "robots that cook dinner")
-    max_tokens = int((event or {}).get("max_tokens", 24))
+    params = _params(event)
+    topic = params.get("topic", "robots that cook dinner")
+    max_tokens = int(params.get("max_tokens", 24))
     transcript = f"Three friends discuss {topic}.\n"
     turns = []
     for name, opening in PERSONAS:

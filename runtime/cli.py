@@ -6,9 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
-from pathlib import Path
 
 from runtime.app import PoolConfig, load_template, parse_model_flag
 from runtime.app.template import TemplateError

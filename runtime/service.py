@@ -6,11 +6,9 @@ endpoint configured it starts the embedded S3 (moto's server on loopback)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +39,6 @@ class Service:
             self.stack.deployments = Deployments(settings.data_dir / "deployments")
         await self.stack.start()
         self.urls["gateway"] = self.stack.gateway_url
-        host = settings.host
         if self.stack.template.functions:
             await self._serve_http()
             await self._start_triggers()

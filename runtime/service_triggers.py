@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore

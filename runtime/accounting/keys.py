@@ -88,6 +88,7 @@ class KeyStore:
         """Refresh the in-memory copy (blocking: run it off the event loop)."""
         keys = self.list()
         self._by_hash = {k.hash: k for k in keys if k.revoked is None}
+        self._by_name = {k.name: k for k in self._by_hash.values()}
         self._revoked = {k.hash for k in keys if k.revoked is not None}
 
     @property
@@ -101,4 +102,4 @@ class KeyStore:
         return key_hash(secret) in self._revoked
 
     def get(self, name: str) -> KeyRecord | None:
-        return next((k for k in self._by_hash.values() if k.name == name), None)
+        return self._by_name.get(name)

@@ -16,6 +16,7 @@ from runtime.accounting.reports import parse_period, usage_report
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
 from runtime.gateway.calls import CallRecord
+from runtime.gateway.state import AUTH
 
 
 @dataclass
@@ -103,7 +104,6 @@ async def usage(request: web.Request) -> web.Response:
 
 
 def _keys_in_use(request: web.Request) -> bool:
-    from runtime.gateway.state import AUTH
     return request.app[AUTH].keys_in_use
 
 

@@ -30,7 +30,7 @@ def _from_http(exc: web.HTTPException) -> LlmfnError:
     if exc.status == 404:
         return NotFound(f"Unknown route: {exc.reason}")
     if exc.status == 405:
-        err = InvalidRequest(f"Method not allowed", code="method_not_allowed")
+        err = InvalidRequest("Method not allowed", code="method_not_allowed")
         err.status = 405
         return err
     if exc.status == 413:

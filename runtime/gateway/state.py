@@ -5,7 +5,7 @@ from aiohttp import web
 
 from runtime.gateway.errors import MODEL_HINT, REQUEST_ID  # noqa: F401 (re-exported)
 
-from runtime.gateway.auth import Authenticator, InvocationTokens
+from runtime.gateway.auth import Authenticator, InvocationTokens, principal_of
 from runtime.gateway.calls import Calls
 from runtime.gateway.metrics import Metrics
 from runtime.pool import Pools
@@ -21,8 +21,6 @@ METER = web.RequestKey("meter", object)
 
 def pool_for(request: web.Request, model: str):
     """The model's pool, if the caller may use it (404 unknown model, 403 not allowed)."""
-    from runtime.gateway.auth import principal_of
-
     pool = request.app[POOLS].get(model)
     principal = principal_of(request)
     if model != pool.name and principal.models is not None and model in principal.models:
@@ -32,8 +30,6 @@ def pool_for(request: web.Request, model: str):
 
 
 def meter_for(request: web.Request, model: str, endpoint: str):
-    from runtime.gateway.auth import principal_of
-
     meter = request.app[CALLS].meter(model, endpoint, principal_of(request), request.get(REQUEST_ID, ""))
     request[METER] = meter
     return meter

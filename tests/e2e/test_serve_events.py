@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import boto3
-import pytest
 
 from tests.support.cli import Server
 

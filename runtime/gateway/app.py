@@ -64,6 +64,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def admin_pools(request: web.Request) -> web.Response:
+    for pool in request.app[POOLS]:
+        await pool.refresh_stats()
     return web.json_response({p.name: {**p.status(), "config": p.config.pool.model_dump()}
                               for p in request.app[POOLS]})
 

@@ -1,18 +1,31 @@
-"""``/v1/embeddings``, ``/score`` and ``/rerank``: embeddings from the worker,
-and cosine similarity of normalized embeddings for scoring and reranking."""
+"""``/v1/embeddings``, ``/score`` and ``/rerank``: embeddings from the worker;
+scores from the model's cross-encoder when its GGUF declares rank pooling,
+else cosine similarity of normalized embeddings.
+
+Counts every input's tokens before dispatch (context check, quota reserve) and
+settles with the worker's count. Must not run llama.cpp here: the worker
+embeds and scores.
+"""
 from __future__ import annotations
 
 import base64
 import math
 import struct
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
-from runtime.gateway.errors import parse_body
 from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway.errors import parse_body
 from runtime.gateway.state import meter_for, pool_for
+from runtime.pool.embedding import (
+    RERANK_TEMPLATE_KEY,
+    declared_pooling,
+    rerank_prompt,
+    rerank_special_tokens,
+)
 
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 
@@ -22,38 +35,104 @@ def _json(request: web.Request, body) -> web.Response:
                              headers=request.get(RATE_HEADERS, {}))
 
 
+def _limit(pool, tokenizer) -> int:
+    """Tokens one input may have: the pool's context, and no more than the
+    model was trained on (encoders have no position past it)."""
+    n_ctx = pool.config.pool.n_ctx
+    return min(n_ctx, tokenizer.n_ctx_train) if tokenizer.n_ctx_train > 0 else n_ctx
+
+
+def _check_length(i: int, n: int, limit: int, param: str) -> None:
+    if n > limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens, however input {i} has "
+            f"{n} tokens. Please reduce the length of the input.", param=param)
+
+
+async def _metered(request: web.Request, pool, meter, estimate: int,
+                   call: Callable[..., Awaitable[tuple[object, int]]]):
+    """Reserve ``estimate`` tokens, run ``call(lease)`` on a worker, settle to
+    the tokens it reports."""
+    acct = request.app[ACCOUNTING]
+    grant = await acct.reserve(meter.principal, pool.name, estimate)
+    request[RATE_HEADERS] = grant.headers() if grant else {}
+    try:
+        async with pool.lease() as lease:
+            result, tokens = await call(lease)
+    except LlmfnError as err:
+        meter.done(f"error:{err.code}")
+        await acct.settle(grant, 0)
+        raise
+    meter.first_token()
+    meter.done("success", tokens)
+    await acct.settle(grant, tokens)
+    return result, tokens
+
+
 async def _embed(request: web.Request, model: str, texts: list[str], param: str,
                  endpoint: str) -> tuple[list[list[float]], int]:
     """Embeddings of ``texts`` (one per text) and the exact prompt tokens."""
     pool = pool_for(request, model)
     meter = meter_for(request, pool.name, endpoint)
     tokenizer = await pool.ensure_tokenizer()
-    n_ctx = pool.config.pool.n_ctx
+    limit = _limit(pool, tokenizer)
     counts = []
     for i, text in enumerate(texts):
-        n = len(await tokenizer.aencode(text, add_bos=True))
-        counts.append(n)
-        if n > n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {n_ctx} tokens, however input {i} has "
-                f"{n} tokens. Please reduce the length of the input.", param=param)
+        counts.append(len(await tokenizer.aencode(text, add_bos=True)))
+        _check_length(i, counts[-1], limit, param)
     unique = list(dict.fromkeys(texts))
-    acct = request.app[ACCOUNTING]
-    grant = await acct.reserve(meter.principal, pool.name, sum(counts))
-    request[RATE_HEADERS] = grant.headers() if grant else {}
-    try:
-        async with pool.lease() as lease:
-            out = await lease.embed(unique)
-    except LlmfnError as err:
-        meter.done(f"error:{err.code}")
-        await acct.settle(grant, 0)
-        raise
-    by_text = dict(zip(unique, zip(out["data"], out["tokens"])))
-    tokens = sum(by_text[t][1] for t in texts)
-    meter.first_token()
-    meter.done("success", tokens)
-    await acct.settle(grant, tokens)
-    return [by_text[t][0] for t in texts], tokens
+
+    async def call(lease):
+        out = await lease.embed(unique)
+        by_text = dict(zip(unique, zip(out["data"], out["tokens"])))
+        return [by_text[t][0] for t in texts], sum(by_text[t][1] for t in texts)
+
+    return await _metered(request, pool, meter, sum(counts), call)
+
+
+async def _pair_counts(tokenizer, pairs: list[tuple[str, str]]) -> list[int]:
+    """Tokens of each (query, document) pair as the worker builds it: the GGUF's
+    rerank template, or both texts plus the special tokens around them."""
+    template = tokenizer.metadata.get(RERANK_TEMPLATE_KEY)
+    if template is not None:
+        return [len(await tokenizer.aencode(rerank_prompt(template, q, d), add_bos=False,
+                                            special=True)) for q, d in pairs]
+    specials = rerank_special_tokens(tokenizer.metadata)
+    queries = {q: len(await tokenizer.aencode(q, add_bos=False))
+               for q in dict.fromkeys(q for q, _ in pairs)}
+    return [queries[q] + len(await tokenizer.aencode(d, add_bos=False)) + specials for q, d in pairs]
+
+
+async def _rank(request: web.Request, pool, tokenizer, pairs: list[tuple[str, str]], param: str,
+                endpoint: str) -> tuple[list[float], int]:
+    """Cross-encoder scores of (query, document) pairs, in order, and the
+    worker's token count. Pairs that share a query go to the worker together."""
+    meter = meter_for(request, pool.name, endpoint)
+    limit = _limit(pool, tokenizer)
+    counts = await _pair_counts(tokenizer, pairs)
+    for i, n in enumerate(counts):
+        _check_length(i, n, limit, param)
+    by_query: dict[str, list[int]] = {}
+    for i, (query, _) in enumerate(pairs):
+        by_query.setdefault(query, []).append(i)
+
+    async def call(lease):
+        scores, tokens = [0.0] * len(pairs), 0
+        for query, indices in by_query.items():
+            out = await lease.rank(query, [pairs[i][1] for i in indices])
+            for i, score in zip(indices, out["scores"]):
+                scores[i] = score
+            tokens += out["tokens"]
+        return scores, tokens
+
+    return await _metered(request, pool, meter, sum(counts), call)
+
+
+async def _reranker(request: web.Request, model: str):
+    """(pool, tokenizer) when the model is a cross-encoder, else None."""
+    pool = pool_for(request, model)
+    tokenizer = await pool.ensure_tokenizer()
+    return (pool, tokenizer) if declared_pooling(tokenizer.metadata) == "rank" else None
 
 
 def _normalize(v: list[float]) -> list[float]:
@@ -68,6 +147,9 @@ def _cosine(a: list[float], b: list[float]) -> float:
 async def embeddings(request: web.Request) -> web.Response:
     req = await parse_body(request, s.EmbeddingRequest)
     tokenizer = await pool_for(request, req.model).ensure_tokenizer()
+    if declared_pooling(tokenizer.metadata) == "rank":
+        raise InvalidRequest(f"The model '{req.model}' is a reranker (rank pooling) and returns "
+                             "no embeddings: use /v1/rerank or /v1/score", param="model")
     texts = [t if isinstance(t, str) else tokenizer.decode(list(t)) for t in req.inputs()]
     vectors, tokens = await _embed(request, req.model, texts, "input", "embeddings")
     if req.dimensions is not None:
@@ -87,20 +169,29 @@ async def embeddings(request: web.Request) -> web.Response:
 async def score(request: web.Request) -> web.Response:
     req = await parse_body(request, s.ScoreRequest)
     left, right = req.pairs_lists()
-    vectors, tokens = await _embed(request, req.model, left + right, "text_1", "score")
-    lv, rv = vectors[: len(left)], vectors[len(left):]
-    if len(lv) == 1:
-        lv = lv * len(rv)
-    data = [s.ScoreItem(index=i, score=_cosine(a, b)) for i, (a, b) in enumerate(zip(lv, rv))]
+    reranker = await _reranker(request, req.model)
+    if reranker:
+        queries = left * len(right) if len(left) == 1 else left
+        scores, tokens = await _rank(request, *reranker, list(zip(queries, right)), "text_2", "score")
+    else:
+        vectors, tokens = await _embed(request, req.model, left + right, "text_1", "score")
+        lv, rv = vectors[: len(left)], vectors[len(left):]
+        scores = [_cosine(a, b) for a, b in zip(lv * len(rv) if len(lv) == 1 else lv, rv)]
+    data = [s.ScoreItem(index=i, score=sc) for i, sc in enumerate(scores)]
     return _json(request, s.ScoreResponse(model=req.model, data=data, usage=s.Usage.of(tokens)))
 
 
 async def rerank(request: web.Request) -> web.Response:
     req = await parse_body(request, s.RerankRequest)
     docs = req.texts()
-    vectors, tokens = await _embed(request, req.model, [req.query] + docs, "documents", "rerank")
-    query, doc_vectors = vectors[0], vectors[1:]
-    scored = sorted(((_cosine(query, v), i) for i, v in enumerate(doc_vectors)), key=lambda t: -t[0])
+    reranker = await _reranker(request, req.model)
+    if reranker:
+        scores, tokens = await _rank(request, *reranker, [(req.query, d) for d in docs],
+                                     "documents", "rerank")
+    else:
+        vectors, tokens = await _embed(request, req.model, [req.query] + docs, "documents", "rerank")
+        scores = [_cosine(vectors[0], v) for v in vectors[1:]]
+    scored = sorted(((sc, i) for i, sc in enumerate(scores)), key=lambda t: -t[0])
     if req.top_n is not None:
         scored = scored[: req.top_n]
     results = [s.RerankResult(index=i, relevance_score=sc,

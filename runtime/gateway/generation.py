@@ -1,26 +1,29 @@
 """``/v1/chat/completions`` and ``/v1/completions``: count the prompt with the
-model's tokenizer, check it against the context, lease a worker slot, and
-return the text whole or as SSE with exact usage."""
+model's tokenizer, check it against the context, turn ``response_format`` and
+``tools`` into a grammar, lease worker sequences (``n`` choices side by side),
+and return the text, tool calls and logprobs whole or as SSE with exact usage."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
-from runtime.gateway.errors import REQUEST_ID
-
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
-from runtime.gateway.errors import parse_body
-from runtime.gateway.calls import CallMeter
-from runtime.gateway.sse import EventStream
+from runtime.gateway import tools as t
 from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway.calls import CallMeter
+from runtime.gateway.errors import REQUEST_ID, parse_body
+from runtime.gateway.grammar import response_format_grammar
+from runtime.gateway.sse import EventStream
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool import ModelPool
+from runtime.pool.client import ChoiceDone, Done, Text
 
 
 @dataclass
@@ -30,14 +33,16 @@ class Prompt:
 
 
 @dataclass
-class Totals:
-    prompt: int = 0
-    completion: int = 0
-    cached: int = 0
-    finish: list[str | None] = field(default_factory=list)
-
-    def usage(self) -> s.Usage:
-        return s.Usage.of(self.prompt, self.completion, self.cached)
+class ChoiceState:
+    """One choice as it is generated: text, logprobs, tool-call parsing."""
+    index: int
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    finish: str | None = None
+    tools: t.ToolCallStream | None = None
+    echo: str = ""
+    streamed: int = 0  # characters of text streamed so far (completions' text_offset)
 
 
 def check_context(pool: ModelPool, prompt_tokens: int, max_tokens: int | None, param: str) -> int:
@@ -57,31 +62,11 @@ def check_context(pool: ModelPool, prompt_tokens: int, max_tokens: int | None, p
     return max_tokens
 
 
-def worker_payload(req: s.SamplingParams, prompt: list[int], max_tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "max_tokens": max_tokens, "stop": req.stop_list(), **req.sampling()}
-
-
-async def run_choice(pool: ModelPool, payload: dict[str, Any], meter: CallMeter) -> AsyncIterator[dict]:
-    """Items of one generation from a leased slot: text pieces, then the final counts."""
-    async with pool.lease() as lease:
-        async for item in lease.generate(payload):
-            if item.get("text"):
-                meter.first_token()
-            yield item
-
-
-async def _collect(pool: ModelPool, payload: dict[str, Any], meter: CallMeter) -> tuple[str, dict]:
-    parts: list[str] = []
-    async with aclosing(run_choice(pool, payload, meter)) as items:
-        async for item in items:
-            if item.get("done"):
-                return "".join(parts), item
-            parts.append(item["text"])
-    raise AssertionError("unreachable: run_choice ends with a done item")
-
-
-def _finish(item: dict) -> str:
-    return "stop" if item["finish_reason"] == "stop" else "length"
+def _check_token_ids(ids: list[int], n_vocab: int, param: str) -> None:
+    for tok in ids:
+        if not 0 <= tok < n_vocab:
+            raise InvalidRequest(f"token id {tok} is out of range (the vocabulary has {n_vocab} tokens)",
+                                 param=param)
 
 
 class Generation:
@@ -89,133 +74,222 @@ class Generation:
 
     def __init__(self, request: web.Request, req: s.SamplingParams, endpoint: str):
         self.request, self.req, self.endpoint = request, req, endpoint
+        self.chat = endpoint == "chat"
         self.pool = pool_for(request, req.model)
-        self.meter = meter_for(request, self.pool.name, endpoint)
-        self.totals = Totals()
-        self.id = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.meter: CallMeter = meter_for(request, self.pool.name, endpoint)
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        self.grant = None
         self.headers: dict[str, str] = {}
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.running: dict[int, int] = {}  # tokens of choices still generating
+        self.grammar: str | None = None
+        self.plan: t.ToolPlan | None = None
+        self.logprobs = req.worker_logprobs()  # type: ignore[attr-defined]
+        self._chunk_head = (f'{{"id":"{self.id}","object":"'
+                            f'{"chat.completion.chunk" if self.chat else "text_completion"}",'
+                            f'"created":{self.created},"model":{json.dumps(req.model)},"choices":[')
+
+    @property
+    def partial(self) -> int:
+        return sum(self.running.values())
 
     async def respond(self, prompts: list[Prompt], max_tokens: int | None, param: str) -> web.StreamResponse:
         limits = [check_context(self.pool, len(p.tokens), max_tokens, param) for p in prompts]
-        prompt_tokens = sum(len(p.tokens) for p in prompts)
+        self.prompt_tokens = sum(len(p.tokens) for p in prompts)
         # TPM reserves the prompt plus everything the call may generate.
         acct = self.request.app[ACCOUNTING]
-        self.grant = await acct.reserve(self.meter.principal, self.pool.name,
-                                        prompt_tokens + self.req.n * sum(limits))
-        self.headers = self.grant.headers() if self.grant else {}
-        self.totals.prompt = prompt_tokens
-        jobs = [(i * self.req.n + k, p, lim) for i, (p, lim) in enumerate(zip(prompts, limits))
-                for k in range(self.req.n)]
+        grant = await acct.reserve(self.meter.principal, self.pool.name,
+                                   self.prompt_tokens + self.req.n * sum(limits))
+        self.headers = grant.headers() if grant else {}
         try:
             if self.req.stream:
-                return await self._stream(jobs)
-            return await self._whole(jobs)
+                return await self._stream(prompts, limits)
+            return await self._whole(prompts, limits)
         except LlmfnError as err:
-            self.meter.done(f"error:{err.code}", self.totals.prompt, self.totals.completion)
+            self.meter.done(f"error:{err.code}", self.prompt_tokens, self.completion_tokens + self.partial)
             raise
         except BaseException:
             # Client went away (cancelled) or a bug: still count what was generated.
-            self.meter.done("cancelled", self.totals.prompt, self.totals.completion + self._partial)
+            self.meter.done("cancelled", self.prompt_tokens, self.completion_tokens + self.partial)
             raise
         finally:
-            await acct.settle(self.grant, self.totals.prompt + self.totals.completion + self._partial)
+            await acct.settle(grant, self.prompt_tokens + self.completion_tokens + self.partial)
 
-    def _account(self, item: dict, first_of_prompt: bool) -> None:
-        self.totals.completion += item["completion_tokens"]
-        if first_of_prompt:
-            self.totals.cached += item["cached_tokens"]
+    # ---- running choices -------------------------------------------------------
 
-    async def _whole(self, jobs) -> web.Response:
-        choices = []
-        for index, prompt, limit in jobs:
-            text, item = await _collect(self.pool, worker_payload(self.req, prompt.tokens, limit), self.meter)
-            self._account(item, index % self.req.n == 0)
-            choices.append(self._choice(index, prompt, text, _finish(item)))
-        usage = self.totals.usage()
-        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.totals.cached)
-        return web.json_response(text=self._whole_body(choices, usage).model_dump_json(exclude_none=True),
+    def _body(self, prompt: Prompt, max_tokens: int, n: int) -> dict[str, Any]:
+        sampling = self.req.sampling()
+        if self.grammar:
+            sampling["grammar"] = self.grammar
+        if self.req.logit_bias:
+            sampling["logit_bias"] = {str(k): v for k, v in self.req.logit_bias.items()}
+        # A native tool-call format's tags are special tokens: they must reach the parser as text.
+        special = bool(self.plan and self.plan.active and self.plan.format is not t.ToolFormat.GENERIC)
+        return {"prompt_tokens": prompt.tokens, "max_tokens": max_tokens, "stop": self.req.stop_list(),
+                "n": n, "logprobs": self.logprobs, "special": special, "sampling": sampling}
+
+    def _groups(self, prompts: list[Prompt], limits: list[int]):
+        """(prompt, limit, first choice index, n): ``n`` choices per prompt, at most a
+        worker's slots at a time."""
+        slots = self.pool.config.pool.slots
+        for i, (prompt, limit) in enumerate(zip(prompts, limits)):
+            for k in range(0, self.req.n, slots):
+                yield prompt, limit, i * self.req.n + k, min(slots, self.req.n - k)
+
+    def _new_choice(self, index: int, prompt: Prompt) -> ChoiceState:
+        c = ChoiceState(index)
+        if self.plan is not None and self.plan.active:
+            c.tools = t.ToolCallStream(self.plan)
+        if not self.chat and getattr(self.req, "echo", False):
+            c.echo = prompt.text
+        return c
+
+    async def _events(self, prompt: Prompt, limit: int, base: int, n: int):
+        """(choice index, event) of one group, accounted as they come."""
+        async with self.pool.lease(n) as lease:
+            async with aclosing(lease.generate(self._body(prompt, limit, n))) as events:
+                async for ev in events:
+                    if isinstance(ev, Text):
+                        if ev.text:
+                            self.meter.first_token()
+                        self.running[base + ev.index] = ev.tokens
+                    elif isinstance(ev, ChoiceDone):
+                        self.running.pop(base + ev.index, None)
+                        self.completion_tokens += ev.completion_tokens
+                    elif isinstance(ev, Done):
+                        self.cached_tokens += ev.cached_tokens if base % self.req.n == 0 else 0
+                    yield base + getattr(ev, "index", 0), ev
+
+    def _usage(self, running: bool = False) -> s.Usage:
+        return s.Usage.of(self.prompt_tokens, self.completion_tokens + (self.partial if running else 0),
+                          self.cached_tokens)
+
+    # ---- whole responses -------------------------------------------------------
+
+    async def _whole(self, prompts: list[Prompt], limits: list[int]) -> web.Response:
+        states: dict[int, ChoiceState] = {}
+        for prompt, limit, base, n in self._groups(prompts, limits):
+            for k in range(n):
+                states[base + k] = self._new_choice(base + k, prompt)
+            async for index, ev in self._events(prompt, limit, base, n):
+                c = states[index]
+                if isinstance(ev, Text):
+                    c.parts.append(ev.text)
+                    if ev.logprobs:
+                        c.logprobs.extend(ev.logprobs)
+                elif isinstance(ev, ChoiceDone):
+                    c.finish, c.tokens = ev.finish_reason, ev.completion_tokens
+        choices = [self._choice(states[i]) for i in sorted(states)]
+        usage = self._usage()
+        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        cls = s.ChatCompletion if self.chat else s.Completion
+        body = cls(id=self.id, created=self.created, model=self.req.model, choices=choices, usage=usage)
+        return web.json_response(text=body.model_dump_json(exclude_none=True),
                                  headers={"x-request-id": self.request[REQUEST_ID], **self.headers})
 
-    async def _stream(self, jobs) -> web.StreamResponse:
+    def _choice(self, c: ChoiceState):
+        text = "".join(c.parts)
+        finish = c.finish if c.finish in ("stop", "length") else "stop"
+        if not self.chat:
+            return s.CompletionChoice(index=c.index, text=c.echo + text, finish_reason=finish,
+                                      logprobs=self._completion_logprobs(c.logprobs, len(c.echo)))
+        content, calls = text, None
+        if c.tools is not None:
+            parsed = t.parse_tool_calls(text, self.plan)
+            content = parsed.content
+            if parsed.tool_calls:
+                calls = [s.ToolCall.model_validate(tc) for tc in parsed.tool_calls]
+                finish = "tool_calls" if finish == "stop" else finish  # cut short: "length", as OpenAI
+        lp = s.ChoiceLogprobs(content=c.logprobs) if self.logprobs is not None else None
+        return s.ChatChoice(index=c.index, message=s.AssistantMessage(content=content, tool_calls=calls),
+                            finish_reason=finish, logprobs=lp)
+
+    @staticmethod
+    def _completion_logprobs(entries: list[dict], offset: int) -> s.CompletionLogprobs | None:
+        if not entries and offset == 0:
+            return None
+        offsets, pos = [], offset
+        for e in entries:
+            offsets.append(pos)
+            pos += len(e["token"])
+        return s.CompletionLogprobs(
+            tokens=[e["token"] for e in entries], token_logprobs=[e["logprob"] for e in entries],
+            top_logprobs=[{x["token"]: x["logprob"] for x in e["top_logprobs"]} for e in entries],
+            text_offset=offsets)
+
+    # ---- streams ---------------------------------------------------------------
+
+    async def _stream(self, prompts: list[Prompt], limits: list[int]) -> web.StreamResponse:
         opts = self.req.stream_options or s.StreamOptions()
         out = EventStream(self.request, self.headers)
         try:
-            for index, prompt, limit in jobs:
-                payload = worker_payload(self.req, prompt.tokens, limit)
-                if self.endpoint == "chat":
-                    await out.send(self._chunk(index, role=True, usage=self._running(opts)))
-                elif self.req.echo and prompt.text:  # type: ignore[attr-defined]
-                    await out.send(self._chunk(index, text=prompt.text, usage=self._running(opts)))
-                # aclosing: a client that goes away frees the slot (and stops the worker) at once
-                async with aclosing(run_choice(self.pool, payload, self.meter)) as items:
-                    async for item in items:
-                        await out.send(self._stream_item(index, item, opts))
+            for prompt, limit, base, n in self._groups(prompts, limits):
+                states = {base + k: self._new_choice(base + k, prompt) for k in range(n)}
+                for c in states.values():
+                    if self.chat:
+                        await out.send_raw(self._chunk(c.index, {"role": "assistant", "content": ""}, opts))
+                    elif c.echo:
+                        await out.send_raw(self._chunk(c.index, c.echo, opts))
+                async for index, ev in self._events(prompt, limit, base, n):
+                    for chunk in self._stream_event(states[index], ev, opts):
+                        await out.send_raw(chunk)
         except LlmfnError as err:
             if not out.started:
                 raise
-            self.meter.done(f"error:{err.code}", self.totals.prompt, self.totals.completion + self._partial)
+            self.meter.done(f"error:{err.code}", self.prompt_tokens, self.completion_tokens + self.partial)
             return await out.fail(err.body())
-        usage = self.totals.usage()
-        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.totals.cached)
+        usage = self._usage()
+        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         if opts.include_usage or opts.continuous_usage_stats:
-            await out.send(self._usage_chunk(usage))
+            await out.send_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")
         return await out.done()
 
-    _partial = 0
+    def _stream_event(self, c: ChoiceState, ev, opts: s.StreamOptions):
+        if isinstance(ev, Text):
+            lp = self._stream_logprobs(c, ev.logprobs)
+            c.streamed += len(ev.text)
+            if c.tools is None:
+                if ev.text or lp is not None:
+                    yield self._chunk(c.index, ev.text if not self.chat else {"content": ev.text}, opts, lp)
+                return
+            for delta in c.tools.feed(ev.text):
+                yield self._chunk(c.index, _delta(delta), opts)
+            if lp is not None:
+                yield self._chunk(c.index, {}, opts, lp)
+        elif isinstance(ev, ChoiceDone):
+            finish = ev.finish_reason if ev.finish_reason in ("stop", "length") else "stop"
+            if c.tools is not None:
+                for delta in c.tools.finish():
+                    yield self._chunk(c.index, _delta(delta), opts)
+                if c.tools.has_tool_calls and finish == "stop":
+                    finish = "tool_calls"
+            yield self._chunk(c.index, {} if self.chat else "", opts, finish=finish)
 
-    def _stream_item(self, index: int, item: dict, opts: s.StreamOptions) -> dict:
-        if item.get("done"):
-            self._account(item, index % self.req.n == 0)
-            self._partial = 0
-            return self._chunk(index, finish=_finish(item), usage=self._running(opts))
-        self._partial = item["tokens"]
-        return self._chunk(index, text=item["text"], usage=self._running(opts))
-
-    def _running(self, opts: s.StreamOptions) -> s.Usage | None:
-        if not opts.continuous_usage_stats:
+    def _stream_logprobs(self, c: ChoiceState, entries: list[dict] | None):
+        if self.logprobs is None or entries is None:
             return None
-        return s.Usage.of(self.totals.prompt, self.totals.completion + self._partial, self.totals.cached)
+        if self.chat:
+            return {"content": entries}
+        lp = self._completion_logprobs(entries, len(c.echo) + c.streamed)
+        return lp.model_dump() if lp else None
 
-    # ---- shapes --------------------------------------------------------------
+    def _chunk(self, index: int, delta: dict | str, opts: s.StreamOptions, logprobs=None,
+               finish: str | None = None) -> str:
+        """One SSE chunk, built as text: no model validation per streamed token."""
+        key = '"delta":' if self.chat else '"text":'
+        choice = (f'{{"index":{index},{key}{json.dumps(delta, separators=(",", ":"))},'
+                  f'"logprobs":{json.dumps(logprobs) if logprobs is not None else "null"},'
+                  f'"finish_reason":{json.dumps(finish)}}}')
+        tail = "]}"
+        if opts.continuous_usage_stats:
+            tail = '],"usage":' + self._usage(running=True).model_dump_json(exclude_none=True) + "}"
+        return self._chunk_head + choice + tail
 
-    def _choice(self, index: int, prompt: Prompt, text: str, finish: str):
-        if self.endpoint == "chat":
-            return s.ChatChoice(index=index, message=s.AssistantMessage(content=text), finish_reason=finish)
-        echo = prompt.text if getattr(self.req, "echo", False) else ""
-        return s.CompletionChoice(index=index, text=echo + text, finish_reason=finish)
 
-    def _whole_body(self, choices, usage: s.Usage):
-        if self.endpoint == "chat":
-            return s.ChatCompletion(id=self.id, created=self.created, model=self.req.model,
-                                    choices=choices, usage=usage)
-        return s.Completion(id=self.id, created=self.created, model=self.req.model,
-                            choices=choices, usage=usage)
-
-    def _chunk(self, index: int, *, text: str | None = None, role: bool = False,
-               finish: str | None = None, usage: s.Usage | None = None) -> dict:
-        if self.endpoint == "chat":
-            delta: dict[str, Any] = {}
-            if role:
-                delta = {"role": "assistant", "content": ""}
-            elif text is not None:
-                delta = {"content": text}
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.req.model, "choices": [choice]}
-        else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-            body = {"id": self.id, "object": "text_completion", "created": self.created,
-                    "model": self.req.model, "choices": [choice]}
-        if usage is not None:
-            body["usage"] = usage.model_dump(exclude_none=True)
-        return body
-
-    def _usage_chunk(self, usage: s.Usage) -> dict:
-        obj = "chat.completion.chunk" if self.endpoint == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.req.model,
-                "choices": [], "usage": usage.model_dump(exclude_none=True)}
+def _delta(d: t.Delta) -> dict:
+    if d.tool_call is not None:
+        return {"tool_calls": [d.tool_call]}
+    return {"content": d.content}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -224,8 +298,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tokenizer = await gen.pool.ensure_tokenizer()
     try:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
-        tokens = await tokenizer.arender_chat(messages, req.tools)
-    except ValueError as exc:  # unsupported content part, or the template refused the roles
+    except ValueError as exc:  # unsupported content part
+        raise InvalidRequest(str(exc), param="messages") from None
+    gen.grammar = response_format_grammar(req.response_format)
+    template_tools = None
+    if req.tools:
+        gen.plan = t.plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, messages,
+                                t.detect_format(tokenizer.chat_template))
+        messages, template_tools = gen.plan.messages, gen.plan.tools_for_template
+        if gen.plan.grammar:
+            if gen.grammar:
+                raise InvalidRequest("response_format cannot be combined with tools that constrain the "
+                                     "output; use tool_choice 'none' or drop response_format",
+                                     param="response_format")
+            gen.grammar = gen.plan.grammar
+    if req.logit_bias:
+        _check_token_ids(list(req.logit_bias), tokenizer.n_vocab, "logit_bias")
+    try:
+        tokens = await tokenizer.arender_chat(messages, template_tools)
+    except ValueError as exc:  # the template refused the roles
         raise InvalidRequest(str(exc), param="messages") from None
     return await gen.respond([Prompt(tokens)], req.max_tokens, "messages")
 
@@ -234,11 +325,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req = await parse_body(request, s.CompletionRequest)
     gen = Generation(request, req, "completions")
     tokenizer = await gen.pool.ensure_tokenizer()
+    gen.grammar = response_format_grammar(req.response_format)
+    if req.logit_bias:
+        _check_token_ids(list(req.logit_bias), tokenizer.n_vocab, "logit_bias")
     prompts = []
     for p in req.prompts():
         if isinstance(p, str):
             prompts.append(Prompt(await tokenizer.aencode(p, add_bos=True, special=True), p))
         else:
+            _check_token_ids(list(p), tokenizer.n_vocab, "prompt")
             prompts.append(Prompt(list(p), tokenizer.decode(list(p)) if req.echo else ""))
     if any(not p.tokens for p in prompts):
         raise InvalidRequest("prompt must not be empty", param="prompt")

@@ -30,6 +30,11 @@ class Metrics:
         self.latency = Histogram("llmfn_request_duration_seconds", "Request duration.",
                                  ["model", "endpoint"], buckets=_LATENCY, registry=r)
         self.cold_starts = Counter("llmfn_cold_starts", "Worker cold starts.", ["model"], registry=r)
+        # llama.cpp server's own series, so its dashboards work on llmfn as they are.
+        self.llamacpp_prompt = Counter("llamacpp:prompt_tokens", "Prompt tokens processed (not cached).",
+                                       ["model"], registry=r)
+        self.llamacpp_predicted = Counter("llamacpp:tokens_predicted", "Generated tokens.", ["model"],
+                                          registry=r)
         self.cold_start_seconds = Histogram("llmfn_cold_start_seconds", "Cold start duration to ready.",
                                             ["model"], buckets=(.5, 1, 2, 5, 10, 30, 60, 120, 300),
                                             registry=r)
@@ -52,6 +57,11 @@ class Metrics:
                            (self.cached_tokens, call.cached_tokens)):
             if n:
                 counter.labels(call.model).inc(n)
+        if call.endpoint in ("chat", "completions"):
+            if call.prompt_tokens > call.cached_tokens:
+                self.llamacpp_prompt.labels(call.model).inc(call.prompt_tokens - call.cached_tokens)
+            if call.completion_tokens:
+                self.llamacpp_predicted.labels(call.model).inc(call.completion_tokens)
 
 
 class _PoolCollector:
@@ -63,14 +73,22 @@ class _PoolCollector:
     def collect(self) -> Iterable[GaugeMetricFamily]:
         queue = GaugeMetricFamily("llmfn_queue_length", "Requests waiting for a slot.", labels=["model"])
         workers = GaugeMetricFamily("llmfn_workers", "Worker processes by state.", labels=["model", "state"])
-        in_flight = GaugeMetricFamily("llmfn_in_flight", "Requests being served.", labels=["model"])
+        in_flight = GaugeMetricFamily("llmfn_in_flight", "Sequences being generated.", labels=["model"])
+        processing = GaugeMetricFamily("llamacpp:requests_processing", "Sequences being processed.",
+                                       labels=["model"])
+        deferred = GaugeMetricFamily("llamacpp:requests_deferred", "Requests waiting for a slot.",
+                                     labels=["model"])
+        kv = GaugeMetricFamily("llamacpp:kv_cache_usage_ratio", "KV cache use (1 = full).", labels=["model"])
         for pool in self.pools:
             st = pool.status()
             queue.add_metric([pool.name], st["queued"])
             in_flight.add_metric([pool.name], st["in_flight"])
+            processing.add_metric([pool.name], st["in_flight"])
+            deferred.add_metric([pool.name], st["queued"])
+            kv.add_metric([pool.name], st["kv_cache_usage_ratio"])
             for state, n in st["workers"].items():
                 workers.add_metric([pool.name, state], n)
-        yield from (queue, workers, in_flight)
+        yield from (queue, workers, in_flight, processing, deferred, kv)
 
 
 def metrics_handler(metrics: Metrics):

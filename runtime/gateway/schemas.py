@@ -37,6 +37,8 @@ class SamplingParams(_Request):
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
+    logit_bias: dict[int, float] | None = None
+    ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -54,11 +56,23 @@ class SamplingParams(_Request):
     def stop_list(self) -> list[str]:
         return list(self.stop or [])
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[int, float] | None) -> dict[int, float] | None:
+        if v is None:
+            return None
+        if len(v) > 1024:
+            raise ValueError("at most 1024 logit_bias entries")
+        if any(not -100 <= b <= 100 for b in v.values()):
+            raise ValueError("logit_bias values must be between -100 and 100")
+        return v
+
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "min_p": self.min_p, "repeat_penalty": self.repeat_penalty,
                 "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty, "seed": self.seed}
+                "frequency_penalty": self.frequency_penalty, "seed": self.seed,
+                "ignore_eos": self.ignore_eos}
 
 
 class TextPart(BaseModel):
@@ -99,16 +113,21 @@ class ChatCompletionRequest(SamplingParams):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _unsupported(self) -> "ChatCompletionRequest":
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
+    def _combine(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+    def worker_logprobs(self) -> int | None:
+        """What the worker reports per token: None, or the number of alternatives."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingParams):
@@ -118,11 +137,15 @@ class CompletionRequest(SamplingParams):
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=16)
+    response_format: dict[str, Any] | None = None  # as in chat: llama.cpp serves it here too
+
+    def worker_logprobs(self) -> int | None:
+        return self.logprobs
 
     @model_validator(mode="after")
     def _unsupported(self) -> "CompletionRequest":
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of is not supported (use n)")
         if self.suffix:
             raise ValueError("suffix (insertion) is not supported by this model")
         if isinstance(self.prompt, list) and not self.prompt:
@@ -218,19 +241,46 @@ class Usage(BaseModel):
                    prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if cached else None)
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 def _id(prefix: str) -> str:
@@ -247,16 +297,24 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict[str, str] | None = None  # "name" in the first piece, "arguments" fragments after
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -268,11 +326,18 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

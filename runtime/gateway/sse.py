@@ -21,12 +21,16 @@ class EventStream:
         return self.response is not None
 
     async def send(self, chunk: BaseModel | dict[str, Any]) -> None:
+        data = chunk.model_dump_json(exclude_none=True) if isinstance(chunk, BaseModel) else json.dumps(chunk)
+        await self.send_raw(data)
+
+    async def send_raw(self, data: str) -> None:
+        """One event whose JSON is already serialized."""
         if self.response is None:
             self.response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "x-request-id": self.request.get(REQUEST_ID, ""), **self.headers})
             await self.response.prepare(self.request)
-        data = chunk.model_dump_json(exclude_none=True) if isinstance(chunk, BaseModel) else json.dumps(chunk)
         await self.response.write(b"data: " + data.encode() + b"\n\n")
 
     async def done(self) -> web.StreamResponse:

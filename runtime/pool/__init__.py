@@ -10,20 +10,22 @@ from typing import Any, Callable, Iterable
 
 from runtime.app.models import ModelConfig
 from runtime.errors import ModelNotFound
-from runtime.pool.pool import Lease, ModelPool
+from runtime.pool.pool import Launcher, Lease, ModelPool
 from runtime.pool.store import ModelStore
 
-__all__ = ["Lease", "ModelPool", "ModelStore", "Pools"]
+__all__ = ["Launcher", "Lease", "ModelPool", "ModelStore", "Pools"]
 
 
 class Pools:
     """Every configured model's pool, by model name."""
 
-    def __init__(self, models: Iterable[ModelConfig], store: ModelStore, *,
+    def __init__(self, models: Iterable[ModelConfig], store: ModelStore, *, spare_worker: bool = True,
                  on_cold_start: Callable[[str, dict[str, Any]], None] | None = None):
         self.store = store
+        self.launcher = Launcher(spare=spare_worker)
         self.by_name: dict[str, ModelPool] = {
-            m.name: ModelPool(m, store, on_cold_start=on_cold_start) for m in models}
+            m.name: ModelPool(m, store, launcher=self.launcher, on_cold_start=on_cold_start)
+            for m in models}
         self.aliases = {alias: m.name for m in models for alias in m.aliases}
 
     def get(self, name: str) -> ModelPool:
@@ -36,8 +38,10 @@ class Pools:
         return iter(self.by_name.values())
 
     async def start(self) -> None:
+        await self.launcher.start()
         for pool in self:
             await pool.start()
 
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self), return_exceptions=True)
+        await self.launcher.close()

@@ -8,17 +8,20 @@ import collections
 import json
 import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
-import aiohttp
-
 from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
+from runtime.pool.client import ConnectionLost, Event, Text, WorkerClient, WorkerRefused
+from runtime.pool.protocol import Kind
 from runtime.pool.store import FetchResult, ModelStore
 from runtime.pool.tokenizer import ModelTokenizer
 
@@ -30,60 +33,110 @@ class Worker:
     model: str
     state: str = "starting"  # starting | warm | draining
     proc: asyncio.subprocess.Process | None = None
-    port: int = 0
-    in_flight: int = 0
+    client: WorkerClient | None = None
+    in_flight: int = 0  # sequences in use
     last_used: float = field(default_factory=time.monotonic)
     ready_at: float = 0.0
     cold_start: dict[str, Any] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the worker's last STATS answer
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
 
 class Lease:
-    """One slot of one warm worker, held for one request."""
+    """``n`` sequences of one warm worker, held for one request."""
 
-    def __init__(self, pool: "ModelPool", worker: Worker):
-        self.pool, self.worker = pool, worker
+    def __init__(self, pool: "ModelPool", worker: Worker, n: int = 1):
+        self.pool, self.worker, self.n = pool, worker, n
 
-    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream the worker's NDJSON items; a dead worker becomes ``UpstreamError``."""
+    async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
+        """The worker's events; leaving early cancels the generation in the worker,
+        a dead worker becomes ``UpstreamError``."""
         first = True
         try:
-            async with self.pool.http.post(f"{self.worker.url}/generate", json=payload) as resp:
-                resp.raise_for_status()
-                async for line in resp.content:
-                    item = json.loads(line)
-                    if first and item.get("text") is not None:
-                        first = False
-                        self.pool.note_first_token(self.worker)
-                    if item.get("error"):
-                        raise UpstreamError(f"model '{self.pool.name}' worker failed: {item['error']}")
-                    yield item
-                    if item.get("done"):
-                        return
-        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
+            async for event in self.worker.client.generate(body):
+                if first and isinstance(event, Text):
+                    first = False
+                    self.pool.note_first_token(self.worker)
+                yield event
+        except WorkerRefused as exc:
+            raise UpstreamError(f"model '{self.pool.name}': {exc}") from None
+        except (ConnectionLost, ConnectionError) as exc:
             raise await self.pool.worker_failed(self.worker, exc) from None
-        raise await self.pool.worker_failed(self.worker, EOFError("stream ended early"))
 
     async def embed(self, texts: list[str]) -> dict[str, Any]:
+        return await self._call(Kind.EMBED, {"input": texts})
+
+    async def rank(self, query: str, documents: list[str]) -> dict[str, Any]:
+        return await self._call(Kind.RANK, {"query": query, "documents": documents})
+
+    async def _call(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            async with self.pool.http.post(f"{self.worker.url}/embed", json={"input": texts}) as resp:
-                resp.raise_for_status()
-                return await resp.json()
-        except (aiohttp.ClientError, ConnectionError) as exc:
+            return await self.worker.client.call(kind, body)
+        except WorkerRefused as exc:
+            raise UpstreamError(f"model '{self.pool.name}': {exc}") from None
+        except (ConnectionLost, ConnectionError) as exc:
             raise await self.pool.worker_failed(self.worker, exc) from None
+
+
+class Launcher:
+    """Worker interpreters started ahead of need: a spare has imported llama.cpp
+    and waits for a model, so a cold start pays only the model load."""
+
+    def __init__(self, *, spare: bool = True, refill_delay: float = 2.0):
+        self.spare_enabled = spare
+        self.refill_delay = refill_delay
+        self.socket_dir = tempfile.mkdtemp(prefix="llmfn-workers-")  # 0700: the sockets are ours alone
+        self._spare: asyncio.subprocess.Process | None = None
+        self._refill: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if self.spare_enabled and self._spare is None:
+            self._spare = await self._spawn()
+
+    async def take(self) -> tuple[asyncio.subprocess.Process, bool]:
+        """A process waiting for a model, and whether it was a spare."""
+        proc, self._spare = self._spare, None
+        spare = proc is not None and proc.returncode is None
+        if not spare:
+            proc = await self._spawn()
+        if self.spare_enabled and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._refill_later(), name="spare-worker")
+        return proc, spare
+
+    def socket_path(self) -> str:
+        return os.path.join(self.socket_dir, f"w{secrets.token_hex(6)}.sock")
+
+    async def _refill_later(self) -> None:
+        # Not at once: the new interpreter's imports would compete with the model load.
+        await asyncio.sleep(self.refill_delay)
+        if self._spare is None:
+            self._spare = await self._spawn()
+
+    @staticmethod
+    async def _spawn() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    async def close(self) -> None:
+        if self._refill:
+            self._refill.cancel()
+        if self._spare is not None and self._spare.returncode is None:
+            self._spare.kill()
+            await self._spare.wait()
+        self._spare = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 class ModelPool:
-    def __init__(self, config: ModelConfig, store: ModelStore, *,
+    def __init__(self, config: ModelConfig, store: ModelStore, *, launcher: Launcher | None = None,
                  on_cold_start: Callable[[str, dict[str, Any]], None] | None = None):
         self.config = config
+        self._own_launcher = launcher is None
+        self.launcher = launcher or Launcher(spare=False)
         self.name = config.name
         self.store = store
         self.on_cold_start = on_cold_start
@@ -93,7 +146,6 @@ class ModelPool:
         self.cold_starts = 0
         self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
         self._tasks: set[asyncio.Task] = set()
-        self._http: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task | None = None
         self._prep: asyncio.Task | None = None
         self._fetch_task: asyncio.Task | None = None
@@ -101,14 +153,6 @@ class ModelPool:
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        return self._http
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"reaper:{self.name}")
@@ -126,8 +170,8 @@ class ModelPool:
                              return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
-        if self._http:
-            await self._http.close()
+        if self._own_launcher:
+            await self.launcher.close()
 
     @property
     def state(self) -> str:
@@ -143,7 +187,15 @@ class ModelPool:
                 "workers": {s: counts.get(s, 0) for s in ("starting", "warm", "draining")},
                 "pids": [w.pid for w in self.workers if w.pid],
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
+                "kv_cache_usage_ratio": self.kv_cache_usage(),
+                "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == "warm"],
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
+
+    def kv_cache_usage(self) -> float:
+        warm = [w for w in self.workers if w.state == "warm"]
+        if not warm:
+            return 0.0
+        return round(sum(w.stats.get("kv_cache_usage_ratio", 0.0) for w in warm) / len(warm), 4)
 
     @property
     def queued(self) -> int:
@@ -151,7 +203,10 @@ class ModelPool:
 
     async def ensure_tokenizer(self) -> ModelTokenizer:
         """The model's own tokenizer (vocab only), for exact counts before dispatch.
-        Fetching the model is shared with the cold start and bounded by its limit."""
+        Fetching the model is shared with the cold start and bounded by its limit.
+        A request is on its way: a cold pool starts a worker at once, beside it."""
+        if not self.workers and not self._closed:
+            self._spawn()
         if self.tokenizer is not None:
             return self.tokenizer
         if _failed(self._prep):
@@ -181,25 +236,28 @@ class ModelPool:
     # ---- admission -----------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[Lease]:
-        worker = await self._acquire()
+    async def lease(self, n: int = 1) -> AsyncIterator[Lease]:
+        """``n`` sequences of one worker (``n`` choices generated side by side)."""
+        n = max(1, min(n, self.config.pool.slots))
+        worker = await self._acquire(n)
         try:
-            yield Lease(self, worker)
+            yield Lease(self, worker, n)
         finally:
-            self._release(worker)
+            self._release(worker, n)
 
-    async def _acquire(self) -> Worker:
+    async def _acquire(self, n: int) -> Worker:
         if self._closed:
             raise Overloaded(f"model '{self.name}' is shutting down")
-        worker = self._free_worker()
+        worker = self._free_worker(n)
         if worker is not None and not self._waiters:
-            worker.in_flight += 1
+            worker.in_flight += n
             return worker
         if self.queued >= self.config.pool.queue_limit:
             raise Overloaded(f"model '{self.name}': {self.queued} requests already waiting "
                              f"(queue_limit {self.config.pool.queue_limit})", retry_after=2)
         cold = not any(w.state == "warm" for w in self.workers)
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        fut.n = n  # type: ignore[attr-defined]
         self._waiters.append(fut)
         self._scale_up()
         self._dispatch()
@@ -217,19 +275,19 @@ class ModelPool:
                              retry_after=2) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
+                self._release(fut.result(), n)
             fut.cancel()
             raise
         finally:
             self._prune_waiters()
 
-    def _free_worker(self) -> Worker | None:
+    def _free_worker(self, n: int = 1) -> Worker | None:
         warm = [w for w in self.workers
-                if w.state == "warm" and w.in_flight < self.config.pool.slots]
+                if w.state == "warm" and w.in_flight + n <= self.config.pool.slots]
         return min(warm, key=lambda w: w.in_flight) if warm else None
 
-    def _release(self, worker: Worker) -> None:
-        worker.in_flight = max(0, worker.in_flight - 1)
+    def _release(self, worker: Worker, n: int = 1) -> None:
+        worker.in_flight = max(0, worker.in_flight - n)
         worker.last_used = time.monotonic()
         self._dispatch()
 
@@ -239,11 +297,11 @@ class ModelPool:
             if fut.done():
                 self._waiters.popleft()
                 continue
-            worker = self._free_worker()
+            worker = self._free_worker(fut.n)  # type: ignore[attr-defined]
             if worker is None:
                 return
             self._waiters.popleft()
-            worker.in_flight += 1
+            worker.in_flight += fut.n  # type: ignore[attr-defined]
             fut.set_result(worker)
 
     def _prune_waiters(self) -> None:
@@ -253,7 +311,8 @@ class ModelPool:
     def _scale_up(self) -> None:
         slots = self.config.pool.slots
         capacity = sum(slots for w in self.workers if w.state in ("starting", "warm"))
-        demand = sum(w.in_flight for w in self.workers) + self.queued
+        demand = sum(w.in_flight for w in self.workers) + sum(
+            f.n for f in self._waiters if not f.done())  # type: ignore[attr-defined]
         while demand > capacity and len(self.workers) < self.config.pool.max_workers:
             self._spawn()
             capacity += slots
@@ -274,7 +333,6 @@ class ModelPool:
             fetch = self._fetch()
             t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
             fetched = await asyncio.shield(fetch)
-            await self.ensure_tokenizer()
             t_fetch = time.monotonic()
             log.info("model %s: starting a worker (%s)", self.name,
                      "downloaded" if fetched.downloaded else "cached model")
@@ -286,8 +344,9 @@ class ModelPool:
         spawn_s = max(0.0, (now - t_fetch) - ready["load_s"])
         worker.cold_start = {
             "at": time.time(), "pid": worker.pid, "downloaded": fetched.downloaded,
-            "fetch_s": round(t_fetch - t0, 4), "process_start_s": round(spawn_s, 4),
-            "load_s": ready["load_s"], "ready_s": round(now - t0, 4), "first_token_s": None}
+            "spare": ready["spare"], "fetch_s": round(t_fetch - t0, 4),
+            "process_start_s": round(spawn_s, 4), "load_s": ready["load_s"],
+            "ready_s": round(now - t0, 4), "first_token_s": None}
         worker.state, worker.ready_at, worker.last_used = "warm", now, now
         self._fetch_task = None  # the next cold start checks the cache (and S3) again
         self.cold_starts += 1
@@ -302,15 +361,13 @@ class ModelPool:
         self._dispatch()
 
     async def _launch(self, worker: Worker, path: str) -> dict[str, Any]:
+        """Hand the model to a (spare) interpreter, wait until it is loaded, connect."""
         p = self.config.pool
-        cmd = [sys.executable, "-m", "runtime.pool.worker", "--model", path,
-               "--slots", str(p.slots), "--n-ctx", str(p.n_ctx),
-               "--n-gpu-layers", str(p.n_gpu_layers), "--n-batch", str(p.n_batch)]
-        if p.n_threads:
-            cmd += ["--n-threads", str(p.n_threads)]
-        worker.proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        worker.proc, spare = await self.launcher.take()
+        socket_path, secret = self.launcher.socket_path(), secrets.token_urlsafe(32)
+        cfg = {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_gpu_layers": p.n_gpu_layers,
+               "n_batch": p.n_batch, "n_threads": p.n_threads, "socket": socket_path, "secret": secret}
+        worker.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
         log.info("model %s: worker pid %s loading %s", self.name, worker.pid, os.path.basename(path))
         try:
             line = await asyncio.wait_for(worker.proc.stdout.readline(), p.cold_start_timeout)
@@ -326,8 +383,8 @@ class ModelPool:
             await worker.proc.wait()
             reason = ready.get("error") or f"exit code {worker.proc.returncode}"
             raise ModelUnavailable(f"model '{self.name}': worker failed to load the model ({reason})")
-        worker.port = int(ready["port"])
-        return ready
+        worker.client = await WorkerClient.connect(socket_path, secret)
+        return {**ready, "spare": spare}
 
     def _start_failed(self, worker: Worker, exc: Exception) -> None:
         if worker in self.workers:
@@ -345,6 +402,8 @@ class ModelPool:
 
     async def _watch(self, worker: Worker) -> None:
         code = await worker.proc.wait()
+        if worker.client is not None:
+            await worker.client.close()
         if worker.state != "draining":
             log.warning("model %s: worker pid %s exited unexpectedly (code %s)",
                         self.name, worker.pid, code)
@@ -383,6 +442,7 @@ class ModelPool:
         period = min(1.0, p.idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
+            await self.refresh_stats()
             now = time.monotonic()
             warm = [w for w in self.workers if w.state == "warm"]
             for w in sorted(warm, key=lambda w: w.last_used):
@@ -393,8 +453,18 @@ class ModelPool:
                              self.name, w.pid, now - w.last_used)
                     await self._stop_worker(w)
 
+    async def refresh_stats(self) -> None:
+        """Each warm worker's engine figures (KV cache use), for ``/metrics``."""
+        for w in [w for w in self.workers if w.state == "warm" and w.client and not w.client.closed]:
+            try:
+                w.stats = await asyncio.wait_for(w.client.call(Kind.STATS), 1.0)
+            except (asyncio.TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):
+                pass
+
     async def _stop_worker(self, worker: Worker) -> None:
         worker.state = "draining"
+        if worker.client is not None:
+            await worker.client.close()
         proc = worker.proc
         if proc is not None and proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

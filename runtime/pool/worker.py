@@ -1,147 +1,253 @@
-"""The worker process: llama.cpp behind a small HTTP API on loopback.
+"""The worker process: one llama.cpp model and its engine behind the worker
+protocol (``protocol``) on a private Unix socket.
 
-Started by ``ModelPool`` as ``python -m runtime.pool.worker``; prints one JSON
-line ``{"event": "ready", ...}`` on stdout when the model is loaded. Speaks
-the worker protocol, not the OpenAI API (the gateway owns that):
-
-- ``POST /generate`` ``{prompt_tokens, max_tokens, stop, temperature, ...}`` →
-  NDJSON lines ``{"text", "tokens"}`` then ``{"done": true, "finish_reason",
-  "prompt_tokens", "completion_tokens", "cached_tokens"}``.
-- ``POST /embed`` ``{"input": [str, ...]}`` → ``{"data": [[float]], "tokens": [int]}``.
-- ``GET /health``.
-"""
+Started by ``ModelPool`` as ``python -m runtime.pool.worker`` ahead of need:
+the interpreter imports llama.cpp and then waits, as a spare, for one JSON
+line on stdin that hands it a model (path, pool settings, socket path and the
+secret the gateway will authenticate with; never on the command line). It
+then loads the model once, listens, and prints one JSON line
+``{"event": "ready", ...}`` on stdout. EOF on stdin (the gateway is gone) or
+SIGTERM ends it."""
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import signal
-import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 T0 = time.monotonic()
 
-from aiohttp import web  # noqa: E402
+import hmac  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from runtime.pool.engine import Cancelled, Embedder, GenerateParams, Slot, load_llama  # noqa: E402
+from runtime.pool import engine as eng  # noqa: E402  (imports llama.cpp)
+from runtime.pool.protocol import HEADER, MAX_PAYLOAD, Kind, frame, json_frame, text_frame  # noqa: E402
 
-SLOTS = web.AppKey("slots", asyncio.Queue)
-EMBEDDER = web.AppKey("embedder", Embedder)
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+IMPORT_S = time.monotonic() - T0
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    body = await request.json()
-    params = GenerateParams(**body)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-    slots = request.app[SLOTS]
-    slot: Slot = await slots.get()
+class Connection(eng.Events):
+    """The gateway's connection: frames in, engine events out."""
 
-    def emit(text: str, tokens: int) -> None:
-        if text:
-            loop.call_soon_threadsafe(queue.put_nowait, {"text": text, "tokens": tokens})
+    def __init__(self, sock: socket.socket, worker: "Worker"):
+        self.sock, self.worker = sock, worker
+        self._lock = threading.Lock()
+        self.open: set[int] = set()
 
-    def run() -> None:
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass  # the reader sees the broken connection and cancels
+
+    # engine events
+    def text(self, req_id, index, text, tokens, logprobs):
+        if logprobs is None:
+            self.send(text_frame(req_id, index, tokens, text))
+        else:
+            self.send(json_frame(Kind.TEXT_LOGPROBS, req_id,
+                                 {"i": index, "n": tokens, "text": text, "logprobs": logprobs}))
+
+    def choice_done(self, req_id, index, finish, tokens):
+        self.send(json_frame(Kind.CHOICE_DONE, req_id,
+                             {"i": index, "finish_reason": finish, "completion_tokens": tokens}))
+
+    def done(self, req_id, prompt_tokens, cached_tokens):
+        self.open.discard(req_id)
+        self.send(json_frame(Kind.DONE, req_id, {"prompt_tokens": prompt_tokens,
+                                                 "cached_tokens": cached_tokens}))
+
+    def error(self, req_id, message):
+        self.open.discard(req_id)
+        self.send(json_frame(Kind.ERROR, req_id, {"message": message}))
+
+    # frames in
+    def serve(self) -> None:
         try:
-            result = slot.generate(params, emit, cancelled)
-            item = {"done": True, **asdict(result)}
-        except Cancelled:
-            item = {"done": True, "cancelled": True}
+            kind, _, payload = self._read()
+            if kind != Kind.AUTH or not hmac.compare_digest(payload, self.worker.secret):
+                return
+            while True:
+                kind, req_id, payload = self._read()
+                self.worker.handle(self, kind, req_id, payload)
+        except (ConnectionError, OSError, EOFError):
+            pass
+        finally:
+            for req_id in list(self.open):
+                self.worker.engine and self.worker.engine.cancel(req_id)
+            self.sock.close()
+
+    def _read(self) -> tuple[int, int, bytes]:
+        length, req_id, kind = HEADER.unpack(self._exactly(HEADER.size))
+        if length > MAX_PAYLOAD:
+            raise EOFError("frame too large")
+        return kind, req_id, self._exactly(length)
+
+    def _exactly(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError()
+            buf += chunk
+        return bytes(buf)
+
+
+class Worker:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.secret = cfg["secret"].encode()
+        t = time.monotonic()
+        self.model = eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
+        arch = self.model.meta("general.architecture") or "llama"
+        self.pooling = self.model.meta(f"{arch}.pooling_type")
+        self.engine: eng.Engine | None = None
+        if not self.pooling or self.pooling == "0":  # a generative model
+            self.engine = eng.Engine(self.model, _Fanout(self), slots=cfg["slots"], n_ctx=cfg["n_ctx"],
+                                     n_batch=cfg.get("n_batch", 512), n_threads=cfg.get("n_threads"),
+                                     kv_unified=cfg.get("kv_unified", False))
+        self.load_s = time.monotonic() - t
+        self._embedder = None
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self.conns: dict[int, Connection] = {}  # request id -> its connection
+
+    def handle(self, conn: Connection, kind: int, req_id: int, payload: bytes) -> None:
+        try:
+            if kind == Kind.GENERATE:
+                self._generate(conn, req_id, json.loads(payload))
+            elif kind == Kind.CANCEL:
+                if self.engine:
+                    self.engine.cancel(req_id)
+                conn.open.discard(req_id)
+            elif kind in (Kind.EMBED, Kind.RANK):
+                self._embed_pool.submit(self._embed, conn, kind, req_id, json.loads(payload))
+            elif kind == Kind.STATS:
+                conn.send(json_frame(Kind.RESULT, req_id, self.stats()))
+            else:
+                conn.send(json_frame(Kind.ERROR, req_id, {"message": f"unknown frame kind {kind}"}))
+        except (ValueError, KeyError, TypeError) as exc:
+            conn.send(json_frame(Kind.ERROR, req_id, {"message": f"bad request: {exc}"}))
+
+    def _generate(self, conn: Connection, req_id: int, body: dict) -> None:
+        if self.engine is None:
+            conn.send(json_frame(Kind.ERROR, req_id, {"message": "this model does not generate text"}))
+            return
+        s = body.get("sampling", {})
+        bias = {int(k): float(v) for k, v in (s.pop("logit_bias", None) or {}).items()}
+        req = eng.Request(id=req_id, prompt=[int(t) for t in body["prompt_tokens"]],
+                          max_tokens=int(body["max_tokens"]), stop=list(body.get("stop") or []),
+                          n=int(body.get("n", 1)), logprobs=body.get("logprobs"),
+                          special=bool(body.get("special", False)),
+                          sampling=eng.Sampling(**s, logit_bias=bias))
+        bad = [t for t in req.prompt if not 0 <= t < self.model.n_vocab]
+        if bad or not req.prompt:
+            conn.send(json_frame(Kind.ERROR, req_id, {"message": f"token id {bad[0]} is out of range"
+                                                      if bad else "empty prompt"}))
+            return
+        self.conns[req_id] = conn
+        conn.open.add(req_id)
+        self.engine.submit(req)
+
+    def _embed(self, conn: Connection, kind: int, req_id: int, body: dict) -> None:
+        try:
+            embedder = self.embedder()
+            if kind == Kind.EMBED:
+                vectors, counts = embedder.embed(list(body["input"]))
+                result = {"data": vectors, "tokens": counts}
+            else:
+                scores, tokens = embedder.rank(body["query"], list(body["documents"]))
+                result = {"scores": scores, "tokens": tokens}
+            conn.send(json_frame(Kind.RESULT, req_id, result))
         except Exception as exc:  # reported in-band; the worker keeps serving
-            item = {"done": True, "error": f"{type(exc).__name__}: {exc}"}
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+            conn.send(json_frame(Kind.ERROR, req_id, {"message": f"{type(exc).__name__}: {exc}"}))
 
-    future = loop.run_in_executor(request.app[EXECUTOR], run)
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    def embedder(self):
+        if self._embedder is None:
+            from runtime.pool.embedding import Embedder
+            self._embedder = Embedder(self.model.ptr, n_ctx=self.cfg["n_ctx"],
+                                      n_batch=max(self.cfg.get("n_batch", 512), self.cfg["n_ctx"]),
+                                      n_threads=self.cfg.get("n_threads"))
+        return self._embedder
+
+    def stats(self) -> dict:
+        e = self.engine
+        if e is None:
+            return {"processing": 0, "waiting": 0, "kv_cache_usage_ratio": 0.0}
+        return {"processing": e.processing, "waiting": len(e.waiting),
+                "kv_cache_usage_ratio": round(e.kv_usage(), 4), **e.stats}
+
+
+class _Fanout(eng.Events):
+    """Routes engine events to the connection that made the request."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def _conn(self, req_id: int, last: bool = False) -> Connection | None:
+        conns = self.worker.conns
+        return conns.pop(req_id, None) if last else conns.get(req_id)
+
+    def text(self, req_id, *args):
+        if c := self._conn(req_id):
+            c.text(req_id, *args)
+
+    def choice_done(self, req_id, *args):
+        if c := self._conn(req_id):
+            c.choice_done(req_id, *args)
+
+    def done(self, req_id, *args):
+        if c := self._conn(req_id, last=True):
+            c.done(req_id, *args)
+
+    def error(self, req_id, message):
+        if c := self._conn(req_id, last=True):
+            c.error(req_id, message)
+
+
+def _listen(path: str) -> socket.socket:
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is the gateway's alone
     try:
-        await resp.prepare(request)
-        while True:
-            item = await queue.get()
-            await resp.write(json.dumps(item).encode() + b"\n")
-            if item.get("done"):
-                break
-        await resp.write_eof()
+        sock.bind(path)
     finally:
-        cancelled.set()  # the caller went away: stop generating
-        await asyncio.shield(future)
-        slots.put_nowait(slot)
-    return resp
+        os.umask(old)
+    sock.listen(4)
+    return sock
 
 
-async def embed(request: web.Request) -> web.Response:
-    body = await request.json()
-    texts = body["input"]
-    loop = asyncio.get_running_loop()
-    vectors, counts = await loop.run_in_executor(request.app[EXECUTOR],
-                                                 request.app[EMBEDDER].embed, texts)
-    return web.json_response({"data": vectors, "tokens": counts})
+def _exit_on_stdin_eof() -> None:
+    """The pool holds our stdin; when the gateway dies, EOF tells us to exit too."""
+    while sys.stdin.buffer.read1(4096):
+        pass
+    os._exit(0)
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "pid": os.getpid(),
-                              "free_slots": request.app[SLOTS].qsize()})
-
-
-def build_app(args: argparse.Namespace) -> tuple[web.Application, float]:
+def main() -> None:
+    line = sys.stdin.readline()  # a spare waits here until the pool hands it a model
+    if not line:
+        return
+    cfg = json.loads(line)
     t = time.monotonic()
-    opts = dict(n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.n_threads,
-                n_batch=args.n_batch)
-    slots: asyncio.Queue = asyncio.Queue()
-    for _ in range(args.slots):
-        slots.put_nowait(Slot(load_llama(args.model, **opts)))
-    load_s = time.monotonic() - t
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[SLOTS] = slots
-    app[EMBEDDER] = Embedder(lambda: load_llama(args.model, embedding=True, **opts))
-    app[EXECUTOR] = ThreadPoolExecutor(max_workers=args.slots + 1, thread_name_prefix="llama")
-    app.router.add_post("/generate", generate)
-    app.router.add_post("/embed", embed)
-    app.router.add_get("/health", health)
-    return app, load_s
-
-
-async def serve(args: argparse.Namespace) -> None:
-    import_s = time.monotonic() - T0
-    app, load_s = build_app(args)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(),
-                      "import_s": round(import_s, 4), "load_s": round(load_s, 4)}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # The pool holds our stdin; when the gateway dies, EOF tells us to exit too.
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1() or stop.set())
-    await stop.wait()
-    await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="llmfn-worker")
-    p.add_argument("--model", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--slots", type=int, default=1)
-    p.add_argument("--n-ctx", type=int, default=4096)
-    p.add_argument("--n-gpu-layers", type=int, default=0)
-    p.add_argument("--n-threads", type=int, default=None)
-    p.add_argument("--n-batch", type=int, default=512)
-    args = p.parse_args(argv)
     try:
-        asyncio.run(serve(args))
+        worker = Worker(cfg)
+        sock = _listen(cfg["socket"])
     except Exception as exc:
         print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)
+    print(json.dumps({"event": "ready", "pid": os.getpid(), "import_s": round(IMPORT_S, 4),
+                      "load_s": round(worker.load_s, 4), "listen_s": round(time.monotonic() - t, 4),
+                      "slots": cfg["slots"], "pooling": worker.pooling}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    threading.Thread(target=_exit_on_stdin_eof, name="stdin", daemon=True).start()
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=Connection(conn, worker).serve, name="conn", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def test_chat_request_normalizes_stop_and_max_completion_tokens():
     req = s.ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
                                   stop="END", max_completion_tokens=7)
     assert req.stop_list() == ["END"] and req.max_tokens == 7
-    with pytest.raises(ValidationError):
-        s.ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], logprobs=True)
+    with pytest.raises(ValidationError, match="top_logprobs requires logprobs"):
+        s.ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], top_logprobs=2)
 
 
 def test_message_text_parts():

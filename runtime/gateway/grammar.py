@@ -6,8 +6,11 @@ This module owns the one conversion from a JSON Schema to a grammar (root rule
 ``SchemaConverter``. What this module adds:
 
 - a check of every schema node against what the converter really honours, so
-  that a keyword it would drop (``minimum``, ``uniqueItems``, ``not``,
-  ``format: email`` ...) is a 400 naming it, never a constraint silently lost;
+  that a keyword it would drop (``multipleOf``, ``uniqueItems``, ``not``,
+  ``format: email``, bounds on ``number`` ...) is a 400 naming it, never a
+  constraint silently lost;
+- integer bounds (``minimum``, ``exclusiveMaximum`` ...), which the converter
+  drops, as a rule spelling exactly the integers in range;
 - a normal form the converter handles well: annotations dropped, ``type``
   lists split into ``anyOf``, ``{}`` meaning any JSON value, every ``$ref``
   pointing at a uniquely named ``$defs`` entry (the converter names rules by
@@ -24,6 +27,7 @@ It never runs llama.cpp: whether a grammar parses is checked by the tests.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 from llama_cpp.llama_grammar import (
     INVALID_RULE_CHARS_RE,
     JSON_GBNF,
+    RESERVED_NAMES,
     BuiltinRule,
     SchemaConverter,
 )
@@ -50,6 +55,10 @@ MAX_SCHEMA_NODES = 2000  # subschemas visited, $ref targets counted once
 # repetitions out, and llama.cpp refuses a group that expands past ~2000 rules.
 MAX_REPETITION = 1000
 MAX_GRAMMAR_CHARS = 512 * 1024
+# Integer bounds: int64 and uint64 limits fit; larger ones would only grow the grammar.
+_MAX_BOUND_DIGITS = 20
+# The open end of a one-sided integer range: as many digits as the converter's own integer rule.
+_OPEN_END_DIGITS = 16
 
 # llama.cpp's JSON grammar: any JSON object at the root.
 JSON_OBJECT_GRAMMAR = JSON_GBNF
@@ -62,11 +71,14 @@ _ANNOTATIONS = frozenset({
     "deprecated", "readOnly", "writeOnly", "discriminator", "$defs", "definitions",
 })
 _COMBINATORS = frozenset({"$ref", "anyOf", "oneOf", "allOf", "const", "enum"})
+# Keywords of both numeric types, so that a 'type' list hands them to each; only
+# integers honour them (a grammar cannot bound decimals and exponents exactly).
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
 _TYPE_KEYWORDS = {
     "object": frozenset({"properties", "required", "additionalProperties"}),
     "array": frozenset({"items", "prefixItems", "minItems", "maxItems"}),
     "string": frozenset({"pattern", "format", "minLength", "maxLength"}),
-    "number": frozenset(), "integer": frozenset(), "boolean": frozenset(), "null": frozenset(),
+    "number": _BOUNDS, "integer": _BOUNDS, "boolean": frozenset(), "null": frozenset(),
 }
 _KNOWN = _ANNOTATIONS | _COMBINATORS | {"type"} | frozenset().union(*_TYPE_KEYWORDS.values())
 # Formats with a rule in the converter (anything else would be an unconstrained string).
@@ -164,6 +176,14 @@ class _Converter(SchemaConverter):
 
     def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
         return super()._add_primitive(name, _JSON_CHAR if name == "char" else rule)
+
+    def visit(self, schema: dict, name: str) -> str:
+        # The converter drops integer bounds; the normal form has them as an inclusive range.
+        if schema.get("type") == "integer" and ("minimum" in schema or "maximum" in schema):
+            rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+            body = _integer_range(schema.get("minimum"), schema.get("maximum"))
+            return self._add_rule(rule_name, f"({body}) space")
+        return super().visit(schema, name)
 
     def with_root(self, body: str) -> str:
         self._add_rule("root", body)
@@ -340,10 +360,17 @@ class _Normalizer:
                 self._bare = bare
         if kind == "string":
             return self.string(s, path)
+        if kind == "integer":
+            return self.integer(s, path)
+        for key in s:
+            if key in _BOUNDS:  # only reached for 'number'
+                raise self.error(path, f"'{key}' is not supported for type '{kind}' (only integers can be bounded)")
         return {"type": kind}
 
     def infer_type(self, s: dict, path: str) -> str:
         kinds = {t for t, keys in _TYPE_KEYWORDS.items() if keys & s.keys()}
+        if kinds == {"number", "integer"}:  # bounds alone apply to any number: refused as for 'number'
+            return "number"
         if len(kinds) != 1:
             raise self.error(path, "a schema without 'type' must use the keywords of one type only")
         return kinds.pop()
@@ -418,6 +445,33 @@ class _Normalizer:
             return {"type": "string"}
         return {"type": "string", "minLength": lo, **({"maxLength": hi} if hi is not None else {})}
 
+    def integer(self, s: dict, path: str) -> dict:
+        """The bounds folded into one inclusive range: ``minimum``/``maximum``, each optional."""
+        lows = [self.integer_bound(s, key, path) for key in ("minimum", "exclusiveMinimum") if key in s]
+        highs = [self.integer_bound(s, key, path) for key in ("maximum", "exclusiveMaximum") if key in s]
+        lo = max((b for b in lows if b is not None), default=None)
+        hi = min((b for b in highs if b is not None), default=None)
+        if lo is not None and hi is not None and lo > hi:
+            raise self.error(path, "no integer lies within the bounds")
+        return {"type": "integer", **({"minimum": lo} if lo is not None else {}),
+                **({"maximum": hi} if hi is not None else {})}
+
+    def integer_bound(self, s: dict, key: str, path: str) -> int | None:
+        """The inclusive integer bound that ``key`` sets; None for a draft-4 exclusive flag."""
+        value, inclusive_key = s[key], key.removeprefix("exclusive").lower()
+        if isinstance(value, bool) and key != inclusive_key:  # draft 4 and OpenAPI 3.0: a flag on minimum/maximum
+            if value and inclusive_key not in s:
+                raise self.error(path, f"'{key}': true needs '{inclusive_key}'")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(path, f"'{key}' must be a number")
+        if not abs(value) < 10 ** _MAX_BOUND_DIGITS:  # also NaN and the infinities
+            raise self.error(path, f"'{key}' must be finite, of at most {_MAX_BOUND_DIGITS} digits")
+        exclusive = key != inclusive_key or s.get("exclusive" + key.capitalize()) is True
+        if inclusive_key == "minimum":
+            return math.floor(value) + 1 if exclusive else math.ceil(value)
+        return math.ceil(value) - 1 if exclusive else math.floor(value)
+
     def bounds(self, s: dict, low: str, high: str, path: str) -> tuple[int, int | None]:
         lo, hi = s.get(low, 0), s.get(high)
         for key, value in ((low, lo), (high, hi)):
@@ -449,6 +503,81 @@ def _is_type(value: Any, kind: Any) -> bool:
         "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     }
     return any(checks.get(k, lambda v: False)(value) for k in kinds)
+
+
+# -- integer ranges -----------------------------------------------------------
+#
+# JSON spells an integer with an optional '-' and no leading zeros. The
+# magnitudes in range are split by digit count, and a run of equal-length
+# numbers by its first differing digit, as llama.cpp's C++ converter does
+# (build_min_max_int); unlike it, '-0' is never spelled.
+
+def _integer_range(lo: int | None, hi: int | None) -> str:
+    """GBNF alternatives spelling exactly the integers from ``lo`` to ``hi`` (None: open).
+
+    An open end stops at 16 digits (or the other bound's digit count if
+    longer), as the converter's unbounded integer rule does.
+    """
+    digits = max([_OPEN_END_DIGITS] + [len(str(abs(b))) for b in (lo, hi) if b is not None])
+    lo = -(10 ** digits - 1) if lo is None else lo
+    hi = 10 ** digits - 1 if hi is None else hi
+    if lo > hi:
+        raise ValueError(f"empty integer range [{lo}, {hi}]")
+    alternatives = []
+    if lo < 0:
+        alternatives.append(f'"-" ({_magnitudes(max(1, -hi), -lo)})')
+    if hi >= 0:
+        alternatives.append(_magnitudes(max(0, lo), hi))
+    return " | ".join(alternatives)
+
+
+def _magnitudes(lo: int, hi: int) -> str:
+    """GBNF for ``lo`` <= n <= ``hi`` (0 <= lo), one alternative per digit count."""
+    alternatives, full = [], []
+    for length in range(len(str(lo)), len(str(hi)) + 1):
+        first, last = max(lo, 10 ** (length - 1) if length > 1 else 0), min(hi, 10 ** length - 1)
+        if length > 1 and first == 10 ** (length - 1) and last == 10 ** length - 1:
+            full.append(length)  # every number of this length: merged below
+        else:
+            alternatives.append(_same_length(str(first), str(last)))
+    if full:
+        alternatives.append(f"[1-9] {_any_digits(full[0] - 1, full[-1] - 1)}")
+    return " | ".join(alternatives)
+
+
+def _same_length(lo: str, hi: str) -> str:
+    """GBNF for the digit strings from ``lo`` to ``hi``, both of the same length."""
+    common = next((i for i, (a, b) in enumerate(zip(lo, hi)) if a != b), len(lo))
+    prefix = f'"{lo[:common]}" ' if common else ""
+    if common == len(lo):
+        return prefix.rstrip()
+    low, high, rest = lo[common], hi[common], len(lo) - common - 1
+    if not rest:
+        return prefix + _digit_class(low, high)
+    zeros, nines = "0" * rest, "9" * rest
+    lo_rest, hi_rest = lo[common + 1:], hi[common + 1:]
+    # the leading digits whose every continuation is in range
+    full_low = low if lo_rest == zeros else chr(ord(low) + 1)
+    full_high = high if hi_rest == nines else chr(ord(high) - 1)
+    parts = []
+    if lo_rest != zeros:
+        parts.append(_same_length(low + lo_rest, low + nines))
+    if full_low <= full_high:
+        parts.append(f"{_digit_class(full_low, full_high)} {_any_digits(rest, rest)}")
+    if hi_rest != nines:
+        parts.append(_same_length(high + zeros, high + hi_rest))
+    body = " | ".join(parts)
+    return f"{prefix}({body})" if prefix and len(parts) > 1 else prefix + body
+
+
+def _digit_class(first: str, last: str) -> str:
+    return f"[{first}]" if first == last else f"[{first}-{last}]"
+
+
+def _any_digits(least: int, most: int) -> str:
+    if least == most:
+        return "[0-9]" if least == 1 else f"[0-9]{{{least}}}"
+    return f"[0-9]{{{least},{most}}}"
 
 
 # -- regex patterns -----------------------------------------------------------

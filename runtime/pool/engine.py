@@ -243,6 +243,11 @@ class Engine:
         params.n_seq_max = slots
         params.n_batch = params.n_ubatch = max(n_batch, slots)
         params.kv_unified = kv_unified
+        # A sliding-window cache sized to the window, not the context (prefix reuse
+        # checks what it still holds), and logits for one row per sequence, not per
+        # batch token: 262k floats a row is what a 512-row buffer would cost.
+        params.swa_full = False
+        params.n_outputs_max = slots
         params.no_perf = True
         if n_threads:
             params.n_threads = params.n_threads_batch = n_threads

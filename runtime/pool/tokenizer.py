@@ -10,6 +10,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -62,8 +63,20 @@ class ModelTokenizer:
         return self._llm._model.vocab
 
     def encode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        # llama_tokenize directly, into a buffer sized to the text (the wrapper allocates
+        # n_ctx_train ids per call, which costs more than tokenizing a short prompt).
+        data = text.encode("utf-8")
+        size = len(data) + 2
         with self._lock:
-            return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+            buf = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
+            if n < 0:
+                size = -n
+                buf = (llama_cpp.llama_token * size)()
+                n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
+            if n < 0:
+                raise ValueError("the text could not be tokenized")
+            return buf[:n]
 
     def decode(self, tokens: list[int]) -> str:
         with self._lock:

@@ -71,8 +71,20 @@ def test_malformed_response_format_is_a_400_naming_the_field(response_format, pa
     ({"type": "array", "items": {"type": "integer"}, "contains": {"const": 1}}, "contains"),
     ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
     ({"type": "number", "multipleOf": 2}, "multipleOf"),
-    ({"type": "integer", "minimum": 0}, "minimum"),
-    ({"type": "integer", "exclusiveMaximum": 10}, "exclusiveMaximum"),
+    ({"type": "integer", "minimum": 0, "multipleOf": 5}, "multipleOf"),
+    ({"type": "number", "minimum": 0}, "'minimum' is not supported for type 'number'"),
+    ({"type": "number", "exclusiveMaximum": 10}, "'exclusiveMaximum' is not supported for type 'number'"),
+    ({"maximum": 10}, "'maximum' is not supported for type 'number'"),
+    ({"type": ["integer", "number"], "minimum": 0}, "'minimum' is not supported for type 'number'"),
+    ({"type": "integer", "minimum": 5, "maximum": 4}, "no integer lies within the bounds"),
+    ({"type": "integer", "exclusiveMinimum": 4, "exclusiveMaximum": 5}, "no integer lies within the bounds"),
+    ({"type": "integer", "minimum": 0.5, "maximum": 0.9}, "no integer lies within the bounds"),
+    ({"type": "integer", "minimum": "0"}, "'minimum' must be a number"),
+    ({"type": "integer", "maximum": None}, "'maximum' must be a number"),
+    ({"type": "integer", "maximum": 1e30}, "at most 20 digits"),
+    ({"type": "integer", "minimum": float("-inf")}, "finite"),
+    ({"type": "integer", "exclusiveMinimum": True}, "'exclusiveMinimum': true needs 'minimum'"),
+    ({"enum": [1, 2], "minimum": 0}, "'minimum' is not supported next to 'enum'"),
     ({"type": "object", "minProperties": 1}, "minProperties"),
     ({"type": "object", "propertyNames": {"pattern": "^a"}}, "propertyNames"),
     ({"type": "string", "nullable": True}, "nullable"),
@@ -98,7 +110,7 @@ def test_unsupported_schema_feature_is_a_400_naming_it(schema, keyword):
 
 def test_the_error_names_the_path_inside_the_schema():
     schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"}}},
-              "$defs": {"Item": {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}}}
+              "$defs": {"Item": {"type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}}}
     with pytest.raises(InvalidRequest, match=r"schema\.\$defs\.Item\.properties\.n: 'maximum' is not supported"):
         schema_grammar(schema, param="schema")
 
@@ -196,6 +208,12 @@ class TreeNode(BaseModel):
     children: list[TreeNode] = []
 
 
+class AgedPerson(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=120)
+    nickname: str | None = None
+
+
 PERSON = Person(name='Ada "the first"', age=36, kind="person", color=Color.blue, tags=["math", "é"],
                 address=Address(street="1 Main St", city="London"), previous=None, scores={"a": 1})
 
@@ -203,7 +221,7 @@ PERSON = Person(name='Ada "the first"', age=36, kind="person", color=Color.blue,
 def test_openai_sdk_parse_schemas_convert():
     from openai.lib._parsing._completions import type_to_response_format_param
 
-    for model in (Person, TreeNode):
+    for model in (Person, TreeNode, AgedPerson):
         response_format = type_to_response_format_param(model)
         assert response_format["json_schema"]["strict"] is True
         assert "root ::=" in response_format_grammar(response_format)
@@ -226,7 +244,7 @@ def test_langchain_json_schema_structured_output_converts():
     class Movie(BaseModel):
         """A movie."""
         title: str
-        year: int
+        year: int = Field(ge=1888, le=2100)
         genres: list[Literal["drama", "comedy"]]
         director: str | None = None
 
@@ -370,6 +388,98 @@ def test_pydantic_model_json_is_accepted_by_its_sdk_schema_grammar(checker):
     tree = TreeNode(label="root", children=[TreeNode(label="a", children=[TreeNode(label="b")])])
     tree_gbnf = response_format_grammar(type_to_response_format_param(TreeNode))
     assert checker.accepts(tree_gbnf, tree.model_dump_json())
+
+
+# -- integer bounds: exactly the integers in range, spelled as JSON ---------------
+
+OPEN_END = 10**16 - 1  # an open end stops at 16 digits, as the unbounded integer rule does
+
+# (bounds, lowest, highest): the integers the bounds allow, None for an open end
+INTEGER_RANGES = [
+    ({"minimum": 0, "maximum": 120}, 0, 120),
+    ({"minimum": 1}, 1, None),
+    ({"minimum": 0}, 0, None),
+    ({"minimum": -40}, -40, None),
+    ({"maximum": -3}, None, -3),
+    ({"maximum": 0}, None, 0),
+    ({"maximum": 250}, None, 250),
+    ({"minimum": -15, "maximum": 27}, -15, 27),
+    ({"minimum": 5, "maximum": 5}, 5, 5),
+    ({"minimum": 0, "maximum": 0}, 0, 0),
+    ({"minimum": 0, "maximum": 9}, 0, 9),
+    ({"minimum": 10, "maximum": 99}, 10, 99),
+    ({"minimum": 7, "maximum": 1234}, 7, 1234),
+    ({"minimum": 99, "maximum": 1001}, 99, 1001),
+    ({"minimum": 123, "maximum": 98765}, 123, 98765),
+    ({"minimum": -1000, "maximum": -1}, -1000, -1),
+    ({"minimum": -999, "maximum": -100}, -999, -100),
+    ({"exclusiveMinimum": 0, "exclusiveMaximum": 10}, 1, 9),
+    ({"exclusiveMinimum": -5}, -4, None),
+    ({"exclusiveMaximum": 0}, None, -1),
+    ({"minimum": 1, "exclusiveMinimum": 3, "maximum": 100, "exclusiveMaximum": 50}, 4, 49),  # the tighter wins
+    ({"minimum": -0.5, "maximum": 2.5}, 0, 2),
+    ({"exclusiveMinimum": 0.5, "exclusiveMaximum": 3.0}, 1, 2),
+    ({"minimum": 3, "exclusiveMinimum": True, "maximum": 8, "exclusiveMaximum": True}, 4, 7),  # draft 4, OpenAPI 3.0
+    ({"minimum": 3, "exclusiveMinimum": False, "maximum": 8, "exclusiveMaximum": False}, 3, 8),
+    ({"minimum": -2**63, "maximum": 2**63 - 1}, -2**63, 2**63 - 1),
+    ({"minimum": 0, "maximum": 2**64 - 1}, 0, 2**64 - 1),
+]
+
+
+def _integers_to_try(lo: int | None, hi: int | None) -> list[int]:
+    near = {v for bound in (lo, hi) if bound is not None for v in range(bound - 150, bound + 151)}
+    far = {0, 1, -1, 999_999, -999_999, 123_456_789, -123_456_789, 10**15, -10**15,
+           OPEN_END, -OPEN_END, OPEN_END + 1, -OPEN_END - 1, 2**63, -2**63 - 1, 10**19, -10**19}
+    return sorted(near | far)
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("bounds, lo, hi", INTEGER_RANGES, ids=[json.dumps(r[0]) for r in INTEGER_RANGES])
+def test_integer_bounds_accept_exactly_the_integers_in_range(checker, bounds, lo, hi):
+    gbnf = schema_grammar({"type": "integer", **bounds}, param="s")
+    assert checker.parses(gbnf)
+    lowest, highest = -OPEN_END if lo is None else lo, OPEN_END if hi is None else hi
+    values = _integers_to_try(lo, hi)
+    wrong = [v for v in values if checker.accepts(gbnf, str(v)) != (lowest <= v <= highest)]
+    assert not wrong, f"accepted iff in [{lowest}, {highest}]: wrong for {wrong[:20]}"
+    # in range, but not JSON's spelling: a leading zero, '-0', '+'
+    padded = [("-0" if v < 0 else "0") + str(abs(v)) for v in values if lowest <= v <= highest and v]
+    padded += ["-0", "00", "+" + str(max(lowest, 1)), "-00" if lowest <= 0 else "-01"]
+    assert not [text for text in padded if checker.accepts(gbnf, text)]
+
+
+@pytest.mark.llama
+def test_bounded_integers_inside_objects_arrays_and_unions(checker):
+    schema = {"type": "object", "additionalProperties": False, "required": ["scores", "level", "delta"],
+              "properties": {"scores": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}},
+                             "level": {"type": ["integer", "null"], "exclusiveMinimum": 0},
+                             "delta": {"anyOf": [{"type": "integer", "maximum": -1}, {"const": "none"}]}}}
+    gbnf = schema_grammar(schema, param="s")
+    assert checker.parses(gbnf)
+    for text in ('{"scores": [0, 9, 3], "level": 1, "delta": -7}', '{"scores": [], "level": null, "delta": "none"}'):
+        assert checker.accepts(gbnf, text), text
+    for text in ('{"scores": [10], "level": 1, "delta": -7}', '{"scores": [1], "level": 0, "delta": -7}',
+                 '{"scores": [1], "level": 2, "delta": 0}', '{"scores": [-1], "level": 2, "delta": -1}'):
+        assert not checker.accepts(gbnf, text), text
+
+
+@pytest.mark.llama
+def test_openai_sdk_pydantic_field_bounds_are_enforced(checker):
+    from openai.lib._pydantic import to_strict_json_schema
+
+    class Person(BaseModel):
+        name: str
+        age: int = Field(ge=0, le=120)
+        nickname: str | None = None
+
+    schema = to_strict_json_schema(Person)
+    assert schema["properties"]["age"]["minimum"] == 0 and schema["properties"]["age"]["maximum"] == 120
+    gbnf = response_format_grammar(_json_schema(schema, name="Person"))
+    assert checker.parses(gbnf)
+    for person in (Person(name="Ada", age=36), Person(name="Bo", age=0, nickname="b"), Person(name="C", age=120)):
+        assert checker.accepts(gbnf, person.model_dump_json()), person
+    for age in ("121", "-1", "1000", "036", "-0"):
+        assert not checker.accepts(gbnf, f'{{"name":"Ada","age":{age},"nickname":null}}'), age
 
 
 # -- whatever the schema, a 400 or a grammar llama.cpp parses ----------------------

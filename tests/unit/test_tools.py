@@ -120,7 +120,7 @@ def test_the_number_and_size_of_tools_are_bounded(monkeypatch):
 
 
 def test_a_forced_call_with_parameters_the_grammar_cannot_enforce_is_a_400():
-    bounded = _tool("page", {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}})
+    bounded = _tool("page", {"type": "object", "properties": {"n": {"type": "number", "minimum": 1}}})
     for fmt in (HERMES, LLAMA3, GENERIC):
         with pytest.raises(InvalidRequest) as err:
             plan_tools([bounded], "required", True, USER, fmt)

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install system-deps run test bench clean
 
@@ -34,12 +35,20 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+# Benchmark-only extras: llama-cpp-python's own server (FastAPI, uvicorn, ...), one of
+# the peers in bench/peers.py. constraints.txt pins them and llama-cpp-python itself,
+# so pip only adds the extras.
+$(BENCH_STAMP): $(STAMP) constraints.txt
+	$(BIN)/pip install -c constraints.txt 'llama-cpp-python[server]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/invoke_overhead.py
 	$(BIN)/python bench/accounting_overhead.py
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

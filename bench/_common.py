@@ -212,6 +212,15 @@ class Streamed:
     total_s: float         # request sent -> [DONE]
     text: str
     usage: dict[str, Any] | None
+    chunks: int = 0        # SSE chunks that carried text: the token count where no usage comes back
+
+
+class HTTPStatusError(RuntimeError):
+    """A non-200 answer to a request; ``status`` tells which (503: still loading)."""
+
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
 
 
 async def stream_completion(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Streamed:
@@ -221,7 +230,7 @@ async def stream_completion(http: aiohttp.ClientSession, url: str, body: dict[st
     ttft, parts, usage = math.nan, [], None
     async with http.post(f"{url}/v1/completions", json=body) as resp:
         if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}: {await resp.text()}")
+            raise HTTPStatusError(resp.status, await resp.text())
         async for raw in resp.content:
             line = raw.strip()
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
@@ -235,7 +244,7 @@ async def stream_completion(http: aiohttp.ClientSession, url: str, body: dict[st
             if text:
                 parts.append(text)
             usage = chunk.get("usage") or usage
-    return Streamed(ttft, time.perf_counter() - t0, "".join(parts), usage)
+    return Streamed(ttft, time.perf_counter() - t0, "".join(parts), usage, len(parts))
 
 
 def completion_body(model: str, max_tokens: int, prompt: str = PROMPT) -> dict[str, Any]:

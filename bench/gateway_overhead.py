@@ -1,5 +1,5 @@
 """What the gateway adds to a request: the same prompt sent straight to a
-llama.cpp worker (``POST /generate`` with token ids) and through the gateway
+llama.cpp worker (a GENERATE frame with token ids on its socket) and through the gateway
 (``/v1/completions``), each side on its own warm one-slot worker of the same
 model, alternately (never at once: both share the same CPU cores).
 
@@ -15,7 +15,10 @@ import argparse
 import asyncio
 import json
 import math
+import secrets
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from _common import (EMBEDDED, PROMPT, Gateway, bars, completion_body, default_c
                      embedded_model, figures_line, keepalive_session, log, percentile, ratio,
                      stream_completion)
 
+from runtime.pool.client import Text, WorkerClient
 from runtime.pool.tokenizer import ModelTokenizer
 
 
@@ -36,47 +40,48 @@ class Timing:
 
 
 class DirectWorker:
-    """One worker process started by hand, as the pool would start it."""
+    """One worker process started by hand and spoken to over the worker protocol,
+    as the pool does (same handoff, same socket, same client)."""
 
     def __init__(self, model: Path, n_ctx: int, n_threads: int):
-        self.cmd = [sys.executable, "-m", "runtime.pool.worker", "--model", str(model),
-                    "--slots", "1", "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)]
-        self.url = ""
+        self.cfg = {"model": str(model), "slots": 1, "n_ctx": n_ctx, "n_threads": n_threads,
+                    "n_gpu_layers": 0, "n_batch": 512, "secret": secrets.token_urlsafe(16)}
+        self.tmp = tempfile.mkdtemp(prefix="llmfn-bench-")
+        self.client: WorkerClient | None = None
 
     async def __aenter__(self) -> "DirectWorker":
+        self.cfg["socket"] = str(Path(self.tmp) / "w.sock")
         self.proc = await asyncio.create_subprocess_exec(
-            *self.cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+            sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        self.proc.stdin.write(json.dumps(self.cfg).encode() + b"\n")
         ready = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 120) or b"{}")
         if ready.get("event") != "ready":
             raise RuntimeError(f"worker failed to start: {ready}")
-        self.url = f"http://127.0.0.1:{ready['port']}"
+        self.client = await WorkerClient.connect(self.cfg["socket"], self.cfg["secret"])
         return self
 
     async def __aexit__(self, *exc) -> None:
+        await self.client.close()
         self.proc.stdin.close()  # the worker exits when its stdin closes
         await asyncio.wait_for(self.proc.wait(), 30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def worker_payload(tokens: list[int], max_tokens: int) -> dict:
     """What the gateway sends its worker for ``temperature: 0`` and default sampling."""
-    return {"prompt_tokens": tokens, "max_tokens": max_tokens, "stop": [], "temperature": 0,
-            "top_p": 1, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1,
-            "presence_penalty": 0, "frequency_penalty": 0, "seed": None}
+    return {"prompt_tokens": tokens, "max_tokens": max_tokens, "stop": [], "n": 1, "logprobs": None,
+            "sampling": {"temperature": 0, "top_p": 1, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1,
+                         "presence_penalty": 0, "frequency_penalty": 0, "seed": None}}
 
 
-async def direct(http: aiohttp.ClientSession, url: str, payload: dict) -> Timing:
+async def direct(client: WorkerClient, payload: dict) -> Timing:
     t0 = time.perf_counter()
     ttft, parts = math.nan, []
-    async with http.post(f"{url}/generate", json=payload) as resp:
-        resp.raise_for_status()
-        async for line in resp.content:
-            item = json.loads(line)
-            if item.get("text"):
-                ttft = ttft if parts else time.perf_counter() - t0
-                parts.append(item["text"])
-            if item.get("done"):
-                break
+    async for ev in client.generate(payload):
+        if isinstance(ev, Text) and ev.text:
+            ttft = ttft if parts else time.perf_counter() - t0
+            parts.append(ev.text)
     return Timing(ttft, time.perf_counter() - t0, "".join(parts))
 
 
@@ -136,9 +141,9 @@ async def run(args: argparse.Namespace) -> dict:
             Gateway([f"{EMBEDDED}=embedded"], args.cache_dir, pool=pool) as gw, \
             keepalive_session() as http:
         await gw.wait_pool(http, EMBEDDED, state="warm", warm=1)
-        whole = (lambda: direct(http, worker.url, payload),
+        whole = (lambda: direct(worker.client, payload),
                  lambda: via_gateway_whole(http, gw.url, body))
-        stream = (lambda: direct(http, worker.url, payload),
+        stream = (lambda: direct(worker.client, payload),
                   lambda: via_gateway_stream(http, gw.url, body))
         log(f"warming up ({args.warmup} pairs each)")
         await paired(args.warmup, *whole)

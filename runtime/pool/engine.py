@@ -15,6 +15,7 @@ import codecs
 import ctypes
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -77,6 +78,7 @@ class Model:
 
     def __init__(self, path: str, *, n_gpu_layers: int = 0):
         ll.llama_backend_init()
+        self.path = path
         params = ll.llama_model_default_params()
         params.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers
         self.ptr = ll.llama_model_load_from_file(path.encode(), params)
@@ -249,8 +251,9 @@ class Engine:
         params.swa_full = False
         params.n_outputs_max = slots
         params.no_perf = True
-        if n_threads:
-            params.n_threads = params.n_threads_batch = n_threads
+        # One thread per core this process may use (llama.cpp's default of 4 oversubscribes
+        # small machines, and its OpenMP threads then wait on each other).
+        params.n_threads = params.n_threads_batch = n_threads or len(os.sched_getaffinity(0))
         self.ctx = ll.llama_init_from_model(model.ptr, params)
         if not self.ctx:
             raise EngineError("llama.cpp could not create the context")

@@ -82,52 +82,74 @@ class Lease:
 
 
 class Launcher:
-    """Worker interpreters started ahead of need: a spare has imported llama.cpp
-    and waits for a model, so a cold start pays only the model load."""
+    """Worker interpreters started ahead of need. A spare has imported llama.cpp
+    and waits for a model, so a cold start pays no interpreter start; a CPU
+    pool's spare has also mapped its model's weights (file-backed pages shared
+    with the page cache), so a cold start pays only the context. GPU pools keep
+    only the plain spare: scaled to zero, they hold no GPU memory."""
 
     def __init__(self, *, spare: bool = True, refill_delay: float = 2.0):
         self.spare_enabled = spare
         self.refill_delay = refill_delay
         self.socket_dir = tempfile.mkdtemp(prefix="llmfn-workers-")  # 0700: the sockets are ours alone
-        self._spare: asyncio.subprocess.Process | None = None
-        self._refill: asyncio.Task | None = None
+        self._spares: dict[str | None, asyncio.subprocess.Process] = {}  # preloaded model path (None: none)
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        if self.spare_enabled and self._spare is None:
-            self._spare = await self._spawn()
+        if self.spare_enabled:
+            await self._fill(None)
 
-    async def take(self) -> tuple[asyncio.subprocess.Process, bool]:
-        """A process waiting for a model, and whether it was a spare."""
-        proc, self._spare = self._spare, None
-        spare = proc is not None and proc.returncode is None
-        if not spare:
-            proc = await self._spawn()
-        if self.spare_enabled and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.create_task(self._refill_later(), name="spare-worker")
-        return proc, spare
+    def prepare(self, path: str) -> None:
+        """Keep a spare with this model's weights mapped (CPU pools)."""
+        if self.spare_enabled:
+            self._later(self._fill(path))
+
+    async def take(self, path: str, *, preload: bool) -> tuple[asyncio.subprocess.Process, str]:
+        """A process waiting for a model, and what it was: "preloaded", "spare" or "new"."""
+        kind = "new"
+        for key, label in ((path, "preloaded"), (None, "spare")):
+            proc = self._spares.pop(key, None)
+            if proc is not None and proc.returncode is None:
+                kind = label
+                break
+        else:
+            proc = await self._spawn(None)
+        if self.spare_enabled:
+            self._later(self._fill(path if preload else None, delay=self.refill_delay))
+        return proc, kind
 
     def socket_path(self) -> str:
         return os.path.join(self.socket_dir, f"w{secrets.token_hex(6)}.sock")
 
-    async def _refill_later(self) -> None:
-        # Not at once: the new interpreter's imports would compete with the model load.
-        await asyncio.sleep(self.refill_delay)
-        if self._spare is None:
-            self._spare = await self._spawn()
+    def _later(self, coro) -> None:
+        task = asyncio.create_task(coro, name="spare-worker")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, path: str | None, delay: float = 0.0) -> None:
+        # After a cold start, not at once: a new interpreter would compete with the model load.
+        await asyncio.sleep(delay)
+        current = self._spares.get(path)
+        if current is None or current.returncode is not None:
+            self._spares[path] = await self._spawn(path)
 
     @staticmethod
-    async def _spawn() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
+    async def _spawn(preload: str | None) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if preload:
+            proc.stdin.write(json.dumps({"preload": preload}).encode() + b"\n")
+        return proc
 
     async def close(self) -> None:
-        if self._refill:
-            self._refill.cancel()
-        if self._spare is not None and self._spare.returncode is None:
-            self._spare.kill()
-            await self._spare.wait()
-        self._spare = None
+        for task in list(self._tasks):
+            task.cancel()
+        for proc in self._spares.values():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        self._spares.clear()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
@@ -158,6 +180,18 @@ class ModelPool:
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"reaper:{self.name}")
         for _ in range(self.config.pool.min_workers):
             self._spawn()
+        if self.config.pool.n_gpu_layers == 0 and not self.config.source.startswith("s3://"):
+            task = asyncio.create_task(self._prepare_spare(), name=f"spare:{self.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _prepare_spare(self) -> None:
+        """A local or embedded model's path is a stat away: map it in a spare now."""
+        try:
+            fetched = await asyncio.shield(self._fetch())
+        except Exception:  # reported by the cold start that needs it
+            return
+        self.launcher.prepare(str(fetched.path))
 
     async def close(self) -> None:
         self._closed = True
@@ -331,7 +365,8 @@ class ModelPool:
         t0 = time.monotonic()
         try:
             fetch = self._fetch()
-            t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
+            if not fetch.done():
+                t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
             fetched = await asyncio.shield(fetch)
             t_fetch = time.monotonic()
             log.info("model %s: starting a worker (%s)", self.name,
@@ -363,7 +398,7 @@ class ModelPool:
     async def _launch(self, worker: Worker, path: str) -> dict[str, Any]:
         """Hand the model to a (spare) interpreter, wait until it is loaded, connect."""
         p = self.config.pool
-        worker.proc, spare = await self.launcher.take()
+        worker.proc, spare = await self.launcher.take(path, preload=p.n_gpu_layers == 0)
         socket_path, secret = self.launcher.socket_path(), secrets.token_urlsafe(32)
         cfg = {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_gpu_layers": p.n_gpu_layers,
                "n_batch": p.n_batch, "n_threads": p.n_threads, "socket": socket_path, "secret": secret}

@@ -98,11 +98,14 @@ class Connection(eng.Events):
 
 
 class Worker:
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, preloaded: eng.Model | None = None):
         self.cfg = cfg
         self.secret = cfg["secret"].encode()
         t = time.monotonic()
-        self.model = eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
+        if preloaded is not None and (preloaded.path != cfg["model"] or cfg.get("n_gpu_layers", 0)):
+            preloaded.close()
+            preloaded = None
+        self.model = preloaded or eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
         arch = self.model.meta("general.architecture") or "llama"
         self.pooling = self.model.meta(f"{arch}.pooling_type")
         self.engine: eng.Engine | None = None
@@ -233,9 +236,19 @@ def main() -> None:
     if not line:
         return
     cfg = json.loads(line)
+    preloaded = None
+    if "preload" in cfg:  # a CPU pool's spare maps the weights while it waits
+        try:
+            preloaded = eng.Model(cfg["preload"])
+        except Exception:
+            preloaded = None  # loaded again, and reported, when the model is handed over
+        line = sys.stdin.readline()
+        if not line:
+            return
+        cfg = json.loads(line)
     t = time.monotonic()
     try:
-        worker = Worker(cfg)
+        worker = Worker(cfg, preloaded)
         sock = _listen(cfg["socket"])
     except Exception as exc:
         print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}), flush=True)

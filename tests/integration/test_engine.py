@@ -354,3 +354,32 @@ def test_completion_logprobs_shape(sdk):
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
     assert all(len(top) <= 2 and all(v <= 0 for v in top.values()) for top in lp.top_logprobs)
     assert all(v <= 0 for v in lp.token_logprobs)
+
+
+# ---- embeddings and rerank on GGUFs the test builds -------------------------------
+
+def test_embedding_and_reranker_models_through_the_gateway(make_gateway, tmp_path):
+    from tests.support.tiny_gguf import write_embedding_gguf, write_reranker_gguf
+
+    emb, rer = tmp_path / "emb.gguf", tmp_path / "rer.gguf"
+    write_embedding_gguf(emb, pooling="cls", n_embd=32)
+    write_reranker_gguf(rer, n_embd=32)
+    gw = make_gateway(model("tiny-emb", str(emb), n_ctx=128), model("tiny-rerank", str(rer), n_ctx=128))
+    sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    texts = ["the cat sat on the mat", "hello world", "the cat sat on the mat", "blue sky"]
+    out = sdk.embeddings.create(model="tiny-emb", input=texts)
+    vectors = [d.embedding for d in out.data]
+    assert len(vectors) == 4 and all(len(v) == 32 for v in vectors)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)
+    assert vectors[0] == pytest.approx(vectors[2], abs=1e-4)
+    docs = ["the moon is far", "the cat sat on the mat", "a dog ran", "blue sky and sun"]
+    reply = call(f"{gw.url}/v1/rerank", {"model": "tiny-rerank", "query": "where is the cat", "documents": docs})
+    assert reply.status == 200, reply.body
+    results = reply.json()["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2, 3]
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    again = call(f"{gw.url}/rerank", {"model": "tiny-rerank", "query": "where is the cat", "documents": docs})
+    assert [r["index"] for r in again.json()["results"]] == [r["index"] for r in results]
+    refused = call(f"{gw.url}/v1/embeddings", {"model": "tiny-rerank", "input": "x"})
+    assert refused.status == 400 and refused.json()["error"]["type"] == "invalid_request_error"

@@ -135,9 +135,12 @@ class Launcher:
 
     @staticmethod
     async def _spawn(preload: str | None) -> asyncio.subprocess.Process:
+        # llama.cpp's OpenMP threads spin between decode steps; on a small machine that
+        # starves the gateway beside them, so they spin briefly, then sleep.
+        env = {"GOMP_SPINCOUNT": "10000", **os.environ, "PYTHONUNBUFFERED": "1"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=asyncio.subprocess.PIPE, env=env)
         if preload:
             proc.stdin.write(json.dumps({"preload": preload}).encode() + b"\n")
         return proc

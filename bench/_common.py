@@ -30,6 +30,19 @@ from runtime.settings import GatewaySettings  # noqa: E402
 EMBEDDED = "gemma3-270m"  # the name `llmfn serve --model embedded` gives the embedded model
 PROMPT = "The three most useful things to know about the history of the printing press are"
 
+# Different prompts per client, so concurrent streams don't share one KV prefix; each
+# runs past 64 tokens at temperature 0 on the embedded model.
+PROMPTS = [
+    "Write a short note about the history of the printing press:",
+    "List some practical tips for keeping a vegetable garden healthy:",
+    "Explain in plain words how a refrigerator keeps food cold:",
+    "Describe a quiet morning in a small harbour town:",
+    "Give a brief overview of how bridges carry heavy loads:",
+    "Summarise why people enjoy walking in the mountains:",
+    "Explain what a compiler does to a program:",
+    "Describe how bees find their way back to the hive:",
+]
+
 
 # ---- output ------------------------------------------------------------------
 

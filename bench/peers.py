@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import aiohttp
 from _common import (
+    PROMPTS,
     ROOT,
     HTTPStatusError,
     bars,
@@ -54,16 +55,6 @@ SERVER_EXTRAS = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "py
 # One prompt per client (client i, round r: PROMPTS[(i + r) % 8]); the same requests go to
 # every server. Each runs past 64 tokens at temperature 0 on the embedded model, so a
 # server that cannot ignore EOS still streams max_tokens.
-PROMPTS = [
-    "Write a short note about the history of the printing press:",
-    "List some practical tips for keeping a vegetable garden healthy:",
-    "Explain in plain words how a refrigerator keeps food cold:",
-    "Describe a quiet morning in a small harbour town:",
-    "Give a brief overview of how bridges carry heavy loads:",
-    "Summarise why people enjoy walking in the mountains:",
-    "Explain what a compiler does to a program:",
-    "Describe how bees find their way back to the hive:",
-]
 
 
 class PeerUnavailable(Exception):

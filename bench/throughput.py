@@ -14,20 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import (EMBEDDED, Gateway, bars, completion_body, default_cache_dir, embedded_model,
+from _common import (EMBEDDED, PROMPTS, Gateway, bars, completion_body, default_cache_dir, embedded_model,
                      figures_line, keepalive_session, log, percentile, ratio, stream_completion)
 
-# Different prompts per client, so concurrent streams don't share one KV prefix.
-PROMPTS = [
-    "Write a short note about the history of the printing press:",
-    "List some practical tips for keeping a vegetable garden healthy:",
-    "Explain in plain words how a refrigerator keeps food cold:",
-    "Describe a quiet morning in a small harbour town:",
-    "Give a brief overview of how bridges carry heavy loads:",
-    "Summarise why people enjoy walking in the mountains:",
-    "Explain what a compiler does to a program:",
-    "Describe how bees find their way back to the hive:",
-]
 
 
 @dataclass

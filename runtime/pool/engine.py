@@ -20,7 +20,6 @@ import queue
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

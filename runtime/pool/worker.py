@@ -24,7 +24,7 @@ import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from runtime.pool import engine as eng  # noqa: E402  (imports llama.cpp)
-from runtime.pool.protocol import HEADER, MAX_PAYLOAD, Kind, frame, json_frame, text_frame  # noqa: E402
+from runtime.pool.protocol import HEADER, MAX_PAYLOAD, Kind, json_frame, text_frame  # noqa: E402
 
 IMPORT_S = time.monotonic() - T0
 

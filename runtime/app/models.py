@@ -21,7 +21,9 @@ class PoolConfig(BaseModel):
     n_ctx: int = Field(4096, ge=64, description="Context length of each slot, in tokens.")
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU (-1: all, 0: CPU only).")
     n_threads: int | None = Field(None, ge=1, description="CPU threads per worker (default: llama.cpp's).")
-    n_batch: int = Field(512, ge=1, description="Prompt batch size.")
+    n_batch: int = Field(512, ge=1, description="Tokens per decode step (prompt chunks and running sequences).")
+    kv_unified: bool = Field(True, description="One KV buffer for all sequences (measured faster for many "
+                                               "short sequences); false gives each its own stream.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "PoolConfig":

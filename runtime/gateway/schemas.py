@@ -396,6 +396,7 @@ class PoolStatus(BaseModel):
     workers: dict[str, int]
     queued: int
     in_flight: int
+    spare: Literal["ready", "starting"] | None = None  # an interpreter waiting to take the next cold start
     last_cold_start: dict[str, Any] | None = None
 
 

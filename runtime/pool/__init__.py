@@ -38,7 +38,8 @@ class Pools:
         return iter(self.by_name.values())
 
     async def start(self) -> None:
-        await self.launcher.start()
+        if any(not pool.preloads for pool in self):  # the others get a spare of their own
+            await self.launcher.start()
         for pool in self:
             await pool.start()
 

@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,8 @@ class Events:
     def choice_done(self, req_id: int, index: int, finish: str, tokens: int) -> None: ...
     def done(self, req_id: int, prompt_tokens: int, cached_tokens: int) -> None: ...
     def error(self, req_id: int, message: str) -> None: ...
+    def flush(self) -> None:
+        """The end of a step: what the step produced may go out together."""
 
 
 class EngineError(Exception):
@@ -133,6 +136,9 @@ class Sampler:
         self.model = model
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.grammar = None
+        # Plain greedy is an argmax over the logits row: no 262k-entry candidate array.
+        self.argmax = (s.temperature <= 0 and not s.grammar and not s.logit_bias and not s.ignore_eos
+                       and s.repeat_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty)
         bias = dict(s.logit_bias)
         if s.ignore_eos:
             bias.update({t: -math.inf for t in model.eog_tokens()})
@@ -167,6 +173,9 @@ class Sampler:
         ll.llama_sampler_chain_add(self.chain, smpl)
 
     def sample(self, ctx, idx: int) -> int:
+        if self.argmax:
+            return int(np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx),
+                                             shape=(self.model.n_vocab,)).argmax())
         if self.grammar is None:
             return ll.llama_sampler_sample(self.chain, ctx, idx)  # also accepts the token
         token = self._apply(ctx, idx, grammar_first=False)
@@ -236,7 +245,7 @@ class Engine:
     thread-safe; everything else runs on the scheduler thread."""
 
     def __init__(self, model: Model, events: Events, *, slots: int, n_ctx: int, n_batch: int = 512,
-                 n_threads: int | None = None, kv_unified: bool = False):
+                 n_threads: int | None = None, kv_unified: bool = True):
         self.model, self.events = model, events
         self.slots = slots
         params = ll.llama_context_default_params()
@@ -266,7 +275,8 @@ class Engine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = False
-        self.stats = {"prompt_tokens": 0, "predicted_tokens": 0, "decode_calls": 0}
+        self.stats = {"prompt_tokens": 0, "predicted_tokens": 0, "decode_calls": 0, "decode_s": 0.0,
+                      "step_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._thread.start()
 
@@ -301,16 +311,20 @@ class Engine:
         while not self._stop:
             self._drain_inbox()
             self._admit()
+            self.events.flush()  # refusals at admission
             if not self.choices:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             try:
+                t0 = time.perf_counter()
                 self._step()
+                self.stats["step_s"] += time.perf_counter() - t0
             except Exception as exc:  # a bug or llama.cpp failure: fail what runs, keep serving
                 logging.getLogger("llmfn.engine").exception("engine step failed")
                 for req in {id(c.req): c.req for c in self.choices}.values():
                     self._fail(req, f"{type(exc).__name__}: {exc}")
+                self.events.flush()
 
     def _drain_inbox(self) -> None:
         while True:
@@ -413,7 +427,9 @@ class Engine:
         if n == 0:
             return
         b.n_tokens = n
+        t0 = time.perf_counter()
         rc = ll.llama_decode(self.ctx, b)
+        self.stats["decode_s"] += time.perf_counter() - t0
         self.stats["decode_calls"] += 1
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
@@ -424,6 +440,7 @@ class Engine:
                 self._sample(c)
         for c in self.choices:
             c.out_idx = -1
+        self.events.flush()
 
     def _add(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
         b = self.batch

@@ -92,7 +92,9 @@ class Launcher:
         self.spare_enabled = spare
         self.refill_delay = refill_delay
         self.socket_dir = tempfile.mkdtemp(prefix="llmfn-workers-")  # 0700: the sockets are ours alone
-        self._spares: dict[str | None, asyncio.subprocess.Process] = {}  # preloaded model path (None: none)
+        # by the model path they have mapped (None: none); each with the task that
+        # waits for it to be ready
+        self._spares: dict[str | None, tuple[asyncio.subprocess.Process, asyncio.Task]] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -106,14 +108,16 @@ class Launcher:
 
     async def take(self, path: str, *, preload: bool) -> tuple[asyncio.subprocess.Process, str]:
         """A process waiting for a model, and what it was: "preloaded", "spare" or "new"."""
-        kind = "new"
+        kind, proc = "new", None
         for key, label in ((path, "preloaded"), (None, "spare")):
-            proc = self._spares.pop(key, None)
-            if proc is not None and proc.returncode is None:
-                kind = label
+            spare = self._spares.pop(key, None)
+            if spare is not None and spare[0].returncode is None:
+                proc, kind = spare[0], label
+                await spare[1]  # still starting: it is the quickest way to a worker all the same
                 break
-        else:
+        if proc is None:
             proc = await self._spawn(None)
+            await self._ready(proc, None)
         if self.spare_enabled:
             self._later(self._fill(path if preload else None, delay=self.refill_delay))
         return proc, kind
@@ -126,12 +130,27 @@ class Launcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def state(self, path: str | None) -> str | None:
+        """The spare for this model: "ready", "starting", or None."""
+        spare = self._spares.get(path) or self._spares.get(None)
+        if spare is None or spare[0].returncode is not None:
+            return None
+        return "ready" if spare[1].done() else "starting"
+
     async def _fill(self, path: str | None, delay: float = 0.0) -> None:
         # After a cold start, not at once: a new interpreter would compete with the model load.
         await asyncio.sleep(delay)
         current = self._spares.get(path)
-        if current is None or current.returncode is not None:
-            self._spares[path] = await self._spawn(path)
+        if current is None or current[0].returncode is not None:
+            proc = await self._spawn(path)
+            self._spares[path] = (proc, asyncio.create_task(self._ready(proc, path), name="spare-ready"))
+
+    @staticmethod
+    async def _ready(proc: asyncio.subprocess.Process, path: str | None) -> None:
+        """Wait for the spare's own word: imported (and, preloading, mapped)."""
+        for _ in range(2 if path else 1):
+            if not await proc.stdout.readline():
+                return
 
     @staticmethod
     async def _spawn(preload: str | None) -> asyncio.subprocess.Process:
@@ -148,7 +167,8 @@ class Launcher:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for proc in self._spares.values():
+        for proc, ready in self._spares.values():
+            ready.cancel()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -175,6 +195,7 @@ class ModelPool:
         self._prep: asyncio.Task | None = None
         self._fetch_task: asyncio.Task | None = None
         self._fetch_started = 0.0
+        self._model_path: str | None = None
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------
@@ -183,18 +204,27 @@ class ModelPool:
         self._reaper = asyncio.create_task(self._reap_idle(), name=f"reaper:{self.name}")
         for _ in range(self.config.pool.min_workers):
             self._spawn()
-        if self.config.pool.n_gpu_layers == 0 and not self.config.source.startswith("s3://"):
+        if self.preloads:
             task = asyncio.create_task(self._prepare_spare(), name=f"spare:{self.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    @property
+    def preloads(self) -> bool:
+        """A CPU pool of a local or embedded model keeps a spare with the weights mapped."""
+        return self.config.pool.n_gpu_layers == 0 and not self.config.source.startswith("s3://")
+
     async def _prepare_spare(self) -> None:
-        """A local or embedded model's path is a stat away: map it in a spare now."""
+        """A local or embedded model's path is a stat away: map it in a spare now, and
+        load the tokenizer, so the first request finds both ready."""
         try:
             fetched = await asyncio.shield(self._fetch())
         except Exception:  # reported by the cold start that needs it
             return
-        self.launcher.prepare(str(fetched.path))
+        self._model_path = str(fetched.path)
+        self.launcher.prepare(self._model_path)
+        if _failed(self._prep):
+            self._prep = asyncio.create_task(self._load_tokenizer(), name=f"prepare:{self.name}")
 
     async def close(self) -> None:
         self._closed = True
@@ -226,6 +256,7 @@ class ModelPool:
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
                 "kv_cache_usage_ratio": self.kv_cache_usage(),
                 "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == "warm"],
+                "spare": self.launcher.state(self._model_path),
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
 
     def kv_cache_usage(self) -> float:
@@ -404,7 +435,8 @@ class ModelPool:
         worker.proc, spare = await self.launcher.take(path, preload=p.n_gpu_layers == 0)
         socket_path, secret = self.launcher.socket_path(), secrets.token_urlsafe(32)
         cfg = {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_gpu_layers": p.n_gpu_layers,
-               "n_batch": p.n_batch, "n_threads": p.n_threads, "socket": socket_path, "secret": secret}
+               "n_batch": p.n_batch, "n_threads": p.n_threads, "kv_unified": p.kv_unified,
+               "socket": socket_path, "secret": secret}
         worker.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
         log.info("model %s: worker pid %s loading %s", self.name, worker.pid, os.path.basename(path))
         try:

@@ -35,6 +35,7 @@ class Connection(eng.Events):
     def __init__(self, sock: socket.socket, worker: "Worker"):
         self.sock, self.worker = sock, worker
         self._lock = threading.Lock()
+        self._pending: list[bytes] = []  # engine events of the current step
         self.open: set[int] = set()
 
     def send(self, data: bytes) -> None:
@@ -44,29 +45,42 @@ class Connection(eng.Events):
             except OSError:
                 pass  # the reader sees the broken connection and cancels
 
+    def queue(self, data: bytes) -> None:
+        """Engine events wait for the end of their step: one write (and one wake-up
+        of the gateway) per step, not one per token."""
+        with self._lock:
+            self._pending.append(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            data, self._pending = b"".join(self._pending), []
+        if data:
+            self.send(data)
+
     # engine events
     def text(self, req_id, index, text, tokens, logprobs):
         if logprobs is None:
-            self.send(text_frame(req_id, index, tokens, text))
+            self.queue(text_frame(req_id, index, tokens, text))
         else:
-            self.send(json_frame(Kind.TEXT_LOGPROBS, req_id,
+            self.queue(json_frame(Kind.TEXT_LOGPROBS, req_id,
                                  {"i": index, "n": tokens, "text": text, "logprobs": logprobs}))
 
     def choice_done(self, req_id, index, finish, tokens):
-        self.send(json_frame(Kind.CHOICE_DONE, req_id,
+        self.queue(json_frame(Kind.CHOICE_DONE, req_id,
                              {"i": index, "finish_reason": finish, "completion_tokens": tokens}))
 
     def done(self, req_id, prompt_tokens, cached_tokens):
         self.open.discard(req_id)
-        self.send(json_frame(Kind.DONE, req_id, {"prompt_tokens": prompt_tokens,
+        self.queue(json_frame(Kind.DONE, req_id, {"prompt_tokens": prompt_tokens,
                                                  "cached_tokens": cached_tokens}))
 
     def error(self, req_id, message):
         self.open.discard(req_id)
-        self.send(json_frame(Kind.ERROR, req_id, {"message": message}))
+        self.queue(json_frame(Kind.ERROR, req_id, {"message": message}))
 
     # frames in
     def serve(self) -> None:
+        self.worker.live.add(self)
         try:
             kind, _, payload = self._read()
             if kind != Kind.AUTH or not hmac.compare_digest(payload, self.worker.secret):
@@ -77,6 +91,7 @@ class Connection(eng.Events):
         except (ConnectionError, OSError, EOFError):
             pass
         finally:
+            self.worker.live.discard(self)
             for req_id in list(self.open):
                 self.worker.engine and self.worker.engine.cancel(req_id)
             self.sock.close()
@@ -106,17 +121,18 @@ class Worker:
             preloaded.close()
             preloaded = None
         self.model = preloaded or eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
+        self.conns: dict[int, Connection] = {}  # request id -> its connection
+        self.live: set[Connection] = set()
         arch = self.model.meta("general.architecture") or "llama"
         self.pooling = self.model.meta(f"{arch}.pooling_type")
         self.engine: eng.Engine | None = None
         if not self.pooling or self.pooling == "0":  # a generative model
             self.engine = eng.Engine(self.model, _Fanout(self), slots=cfg["slots"], n_ctx=cfg["n_ctx"],
                                      n_batch=cfg.get("n_batch", 512), n_threads=cfg.get("n_threads"),
-                                     kv_unified=cfg.get("kv_unified", False))
+                                     kv_unified=cfg.get("kv_unified", True))
         self.load_s = time.monotonic() - t
         self._embedder = None
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self.conns: dict[int, Connection] = {}  # request id -> its connection
 
     def handle(self, conn: Connection, kind: int, req_id: int, payload: bytes) -> None:
         try:
@@ -210,6 +226,10 @@ class _Fanout(eng.Events):
         if c := self._conn(req_id, last=True):
             c.error(req_id, message)
 
+    def flush(self):
+        for c in set(self.worker.live):
+            c.flush()
+
 
 def _listen(path: str) -> socket.socket:
     if os.path.exists(path):
@@ -232,6 +252,7 @@ def _exit_on_stdin_eof() -> None:
 
 
 def main() -> None:
+    print(json.dumps({"event": "spare", "import_s": round(IMPORT_S, 4)}), flush=True)
     line = sys.stdin.readline()  # a spare waits here until the pool hands it a model
     if not line:
         return
@@ -242,6 +263,7 @@ def main() -> None:
             preloaded = eng.Model(cfg["preload"])
         except Exception:
             preloaded = None  # loaded again, and reported, when the model is handed over
+        print(json.dumps({"event": "preloaded", "ok": preloaded is not None}), flush=True)
         line = sys.stdin.readline()
         if not line:
             return

@@ -55,6 +55,7 @@ class DirectWorker:
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         self.proc.stdin.write(json.dumps(self.cfg).encode() + b"\n")
+        await self.proc.stdout.readline()  # {"event": "spare"}: imported, now loading
         ready = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 120) or b"{}")
         if ready.get("event") != "ready":
             raise RuntimeError(f"worker failed to start: {ready}")

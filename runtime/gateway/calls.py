@@ -2,6 +2,7 @@
 to every sink (metrics, the per-invocation tally, the ledger)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -64,5 +65,11 @@ class CallMeter:
         record = CallRecord(self.at, self.principal, self.model, self.endpoint, status, prompt,
                             completion, cached, time.monotonic() - self.started, self.ttft,
                             self.request_id)
+        try:  # after the response is on its way: the sinks are not the caller's wait
+            asyncio.get_running_loop().call_soon(self._record, record)
+        except RuntimeError:  # no loop (a synchronous caller)
+            self._record(record)
+
+    def _record(self, record: CallRecord) -> None:
         for sink in self.calls.sinks:
             sink(record)

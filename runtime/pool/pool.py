@@ -405,10 +405,19 @@ class ModelPool:
             t_fetch = time.monotonic()
             log.info("model %s: starting a worker (%s)", self.name,
                      "downloaded" if fetched.downloaded else "cached model")
-            ready = await self._launch(worker, str(fetched.path))
+            ready = await asyncio.wait_for(self._launch(worker, str(fetched.path)),
+                                           self.config.pool.cold_start_timeout)
+        except asyncio.TimeoutError:
+            self._start_failed(worker, ModelLoading(
+                f"model '{self.name}': worker did not start within "
+                f"{self.config.pool.cold_start_timeout:g}s", retry_after=5))
+            return
         except Exception as exc:
             self._start_failed(worker, exc)
             return
+        except asyncio.CancelledError:
+            self._start_failed(worker, ModelUnavailable(f"model '{self.name}': cold start cancelled"))
+            raise
         now = time.monotonic()
         spawn_s = max(0.0, (now - t_fetch) - ready["load_s"])
         worker.cold_start = {

@@ -10,6 +10,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import cachetools
 import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -17,6 +18,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 # Short texts tokenize in microseconds: inline. Long ones go to a thread, so a
 # large document never holds up the event loop.
 INLINE_CHARS = 8192
+CACHED_CHARS, CACHED_PROMPTS = 8192, 2048
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
 # Base models ship no chat template: a plain transcript they can continue.
@@ -31,6 +33,7 @@ class ModelTokenizer:
         self._llm = Llama(model_path=model_path, vocab_only=True, verbose=False)
         self._template_override = chat_template
         self._lock = threading.Lock()  # a llama vocab is not documented as thread-safe
+        self._cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=CACHED_PROMPTS)
         self.n_ctx_train = int(self.metadata.get(
             f"{self.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
         eos = self._llm.token_eos()
@@ -63,6 +66,17 @@ class ModelTokenizer:
         return self._llm._model.vocab
 
     def encode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of ``text``. Prompts repeat (a function's template, a system
+        prompt): short ones are remembered, so the gateway's hop stays cheap."""
+        if len(text) > CACHED_CHARS:
+            return self._encode(text, add_bos, special)
+        key = (text, add_bos, special)
+        tokens = self._cache.get(key)
+        if tokens is None:
+            tokens = self._cache[key] = self._encode(text, add_bos, special)
+        return list(tokens)
+
+    def _encode(self, text: str, add_bos: bool, special: bool) -> list[int]:
         # llama_tokenize directly, into a buffer sized to the text (the wrapper allocates
         # n_ctx_train ids per call, which costs more than tokenizing a short prompt).
         data = text.encode("utf-8")

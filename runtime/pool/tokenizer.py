@@ -6,14 +6,17 @@ in the form the model is to see (``runtime.gateway.tools`` prepares them)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cachetools
 import llama_cpp
-from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
 
 # Short texts tokenize in microseconds: inline. Long ones go to a thread, so a
 # large document never holds up the event loop.
@@ -30,15 +33,25 @@ _FALLBACK_TEMPLATE = (
 class ModelTokenizer:
     def __init__(self, model_path: str, *, chat_template: str | None = None):
         """``chat_template`` replaces the GGUF's own (as llama.cpp's ``--chat-template-file``)."""
-        self._llm = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        # The low-level API, not ``Llama(verbose=False)``: that silences llama.cpp by
+        # redirecting the whole process's stdout and stderr while it loads, which swallows
+        # whatever the service prints meanwhile (its "ready" line, functions' REPORTs).
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
+        if not self._model:
+            raise ValueError(f"llama.cpp could not read the vocabulary of {model_path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._metadata = _read_metadata(self._model)
         self._template_override = chat_template
         self._lock = threading.Lock()  # a llama vocab is not documented as thread-safe
         self._cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=CACHED_PROMPTS)
         self.n_ctx_train = int(self.metadata.get(
             f"{self.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
-        eos = self._llm.token_eos()
-        bos = self._llm.token_bos()
-        text = self._llm._model.token_get_text
+        eos = llama_cpp.llama_vocab_eos(self._vocab)
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        text = lambda t: llama_cpp.llama_vocab_get_text(self._vocab, t).decode("utf-8", "replace")  # noqa: E731
         self._chat = Jinja2ChatFormatter(
             template=self.chat_template or _FALLBACK_TEMPLATE,
             eos_token=text(eos) if eos != -1 else "",
@@ -48,7 +61,7 @@ class ModelTokenizer:
     @property
     def metadata(self) -> dict[str, str]:
         """The GGUF's key/value metadata."""
-        return self._llm.metadata
+        return self._metadata
 
     @property
     def chat_template(self) -> str | None:
@@ -58,12 +71,12 @@ class ModelTokenizer:
     @property
     def n_vocab(self) -> int:
         """Token ids are ``0 <= id < n_vocab``; anything else is refused before it reaches llama.cpp."""
-        return self._llm.n_vocab()
+        return llama_cpp.llama_vocab_n_tokens(self._vocab)
 
     @property
     def vocab(self):
         """llama.cpp's vocab handle (``llama_vocab *``), e.g. to parse a grammar against it."""
-        return self._llm._model.vocab
+        return self._vocab
 
     def encode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of ``text``. Prompts repeat (a function's template, a system
@@ -94,7 +107,7 @@ class ModelTokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         with self._lock:
-            return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+            return b"".join(_piece(self._vocab, t) for t in tokens).decode("utf-8", errors="replace")
 
     def render_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """Messages (and the tools for the template's ``tools``) -> the prompt text."""
@@ -112,6 +125,32 @@ class ModelTokenizer:
     async def arender_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         size = sum(len(str(m.get("content") or "")) for m in messages)
         return await _run(functools.partial(self.render_chat, messages, tools), size)
+
+
+def _read_metadata(model) -> dict[str, str]:
+    buf = ctypes.create_string_buffer(1 << 16)
+    out = {}
+    for i in range(llama_cpp.llama_model_meta_count(model)):
+        if llama_cpp.llama_model_meta_key_by_index(model, i, buf, len(buf)) < 0:
+            continue
+        key = buf.value.decode("utf-8", "replace")
+        n = llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, len(buf))
+        if n >= len(buf):  # a long value (a chat template): read it whole
+            big = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str_by_index(model, i, big, n + 1)
+            out[key] = big.value.decode("utf-8", "replace")
+        elif n >= 0:
+            out[key] = buf.value.decode("utf-8", "replace")
+    return out
+
+
+def _piece(vocab, token: int) -> bytes:
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, False)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, -n, 0, False)
+    return buf.raw[:n]
 
 
 async def _run(call, size: int):

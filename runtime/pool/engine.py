@@ -56,7 +56,6 @@ class Request:
     sampling: Sampling = field(default_factory=Sampling)
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob and the top k
     special: bool = False  # render special tokens as text (a chat template's tool-call tags)
-    cancelled: bool = False
     cached: int = 0  # prompt tokens taken from the KV cache
 
 
@@ -340,7 +339,6 @@ class Engine:
     def _cancel(self, req_id: int) -> None:
         self.waiting = [r for r in self.waiting if r.id != req_id]
         for c in [c for c in self.choices if c.req.id == req_id]:
-            c.req.cancelled = True
             self._free(c)
 
     def _admit(self) -> None:

@@ -93,7 +93,7 @@ class Connection(eng.Events):
         finally:
             self.worker.live.discard(self)
             for req_id in list(self.open):
-                self.worker.engine and self.worker.engine.cancel(req_id)
+                self.worker.forget(self, req_id)
             self.sock.close()
 
     def _read(self) -> tuple[int, int, bytes]:
@@ -139,9 +139,7 @@ class Worker:
             if kind == Kind.GENERATE:
                 self._generate(conn, req_id, json.loads(payload))
             elif kind == Kind.CANCEL:
-                if self.engine:
-                    self.engine.cancel(req_id)
-                conn.open.discard(req_id)
+                self.forget(conn, req_id)
             elif kind in (Kind.EMBED, Kind.RANK):
                 self._embed_pool.submit(self._embed, conn, kind, req_id, json.loads(payload))
             elif kind == Kind.STATS:
@@ -150,6 +148,13 @@ class Worker:
                 conn.send(json_frame(Kind.ERROR, req_id, {"message": f"unknown frame kind {kind}"}))
         except (ValueError, KeyError, TypeError) as exc:
             conn.send(json_frame(Kind.ERROR, req_id, {"message": f"bad request: {exc}"}))
+
+    def forget(self, conn: Connection, req_id: int) -> None:
+        """A cancelled request: the engine drops it and sends nothing more for it."""
+        if self.engine:
+            self.engine.cancel(req_id)
+        conn.open.discard(req_id)
+        self.conns.pop(req_id, None)
 
     def _generate(self, conn: Connection, req_id: int, body: dict) -> None:
         if self.engine is None:

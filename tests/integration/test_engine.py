@@ -385,3 +385,19 @@ def test_embedding_and_reranker_models_through_the_gateway(make_gateway, tmp_pat
     assert [r["index"] for r in again.json()["results"]] == [r["index"] for r in results]
     refused = call(f"{gw.url}/v1/embeddings", {"model": "tiny-rerank", "input": "x"})
     assert refused.status == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_llama_cpp_compatible_metrics_are_exported(sdk, engine_gw):
+    sdk.completions.create(model=MODEL, prompt="Metrics, please:", max_tokens=3,
+                           extra_body={"ignore_eos": True})
+    engine_gw.pool_status(MODEL)  # refreshes the engines' figures
+    text = call(f"{engine_gw.url}/metrics", method="GET").body.decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("llamacpp:") and f'model="{MODEL}"' in line:
+            values[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    assert set(values) >= {"llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total",
+                           "llamacpp:requests_processing", "llamacpp:requests_deferred",
+                           "llamacpp:kv_cache_usage_ratio"}
+    assert values["llamacpp:tokens_predicted_total"] >= 3 and values["llamacpp:prompt_tokens_total"] > 0
+    assert 0 < values["llamacpp:kv_cache_usage_ratio"] <= 1

@@ -7,7 +7,7 @@ Prints p50/p95 of the added latency (gateway minus direct, paired request by
 request) for whole responses, and of the added time to first token for
 streams, with the gateway/direct ratio of the medians.
 
-    .venv/bin/python bench/gateway_overhead.py [--requests 30] [--max-tokens 8]
+    .venv/bin/python bench/gateway_overhead.py [--requests 100] [--max-tokens 8]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from _common import (EMBEDDED, PROMPT, Gateway, bars, completion_body, default_c
                      stream_completion)
 
 from runtime.pool.client import Text, WorkerClient
+from runtime.pool.pool import worker_env
 from runtime.pool.tokenizer import ModelTokenizer
 
 
@@ -53,7 +54,7 @@ class DirectWorker:
         self.cfg["socket"] = str(Path(self.tmp) / "w.sock")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=worker_env())
         self.proc.stdin.write(json.dumps(self.cfg).encode() + b"\n")
         await self.proc.stdout.readline()  # {"event": "spare"}: imported, now loading
         ready = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 120) or b"{}")
@@ -168,7 +169,7 @@ def chart(f: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=30, help="pairs per mode (whole, stream)")
+    p.add_argument("--requests", type=int, default=100, help="pairs per mode (whole, stream)")
     p.add_argument("--warmup", type=int, default=3, help="pairs per mode not counted")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--n-ctx", type=int, default=512)

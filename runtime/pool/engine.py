@@ -135,12 +135,17 @@ class Sampler:
         self.model = model
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.grammar = None
-        # Plain greedy is an argmax over the logits row: no 262k-entry candidate array.
-        self.argmax = (s.temperature <= 0 and not s.grammar and not s.logit_bias and not s.ignore_eos
-                       and s.repeat_penalty == 1.0 and not s.presence_penalty and not s.frequency_penalty)
         bias = dict(s.logit_bias)
         if s.ignore_eos:
             bias.update({t: -math.inf for t in model.eog_tokens()})
+        # Greedy without penalties or a grammar is an argmax over the logits row (with
+        # the few biased entries adjusted in place): no 262k-entry candidate array.
+        self.argmax = (s.temperature <= 0 and not s.grammar and s.repeat_penalty == 1.0
+                       and not s.presence_penalty and not s.frequency_penalty)
+        if self.argmax:
+            self._bias_ids = np.fromiter(bias, dtype=np.int64, count=len(bias))
+            self._bias = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+            return
         if bias:
             arr = (ll.llama_logit_bias * len(bias))(*[ll.llama_logit_bias(t, b) for t, b in bias.items()])
             self._add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(bias), arr))
@@ -173,8 +178,14 @@ class Sampler:
 
     def sample(self, ctx, idx: int) -> int:
         if self.argmax:
-            return int(np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx),
-                                             shape=(self.model.n_vocab,)).argmax())
+            row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.model.n_vocab,))
+            if not len(self._bias_ids):
+                return int(row.argmax())
+            kept = row[self._bias_ids]  # the model's own values, for logprobs afterwards
+            row[self._bias_ids] = kept + self._bias
+            token = int(row.argmax())
+            row[self._bias_ids] = kept
+            return token
         if self.grammar is None:
             return ll.llama_sampler_sample(self.chain, ctx, idx)  # also accepts the token
         token = self._apply(ctx, idx, grammar_first=False)

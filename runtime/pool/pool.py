@@ -81,6 +81,12 @@ class Lease:
             raise await self.pool.worker_failed(self.worker, exc) from None
 
 
+def worker_env() -> dict[str, str]:
+    """A worker's environment. llama.cpp's OpenMP threads spin between decode steps; on a
+    small machine that starves the gateway beside them, so they spin briefly, then sleep."""
+    return {"GOMP_SPINCOUNT": "10000", **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
 class Launcher:
     """Worker interpreters started ahead of need. A spare has imported llama.cpp
     and waits for a model, so a cold start pays no interpreter start; a CPU
@@ -154,12 +160,9 @@ class Launcher:
 
     @staticmethod
     async def _spawn(preload: str | None) -> asyncio.subprocess.Process:
-        # llama.cpp's OpenMP threads spin between decode steps; on a small machine that
-        # starves the gateway beside them, so they spin briefly, then sleep.
-        env = {"GOMP_SPINCOUNT": "10000", **os.environ, "PYTHONUNBUFFERED": "1"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env)
+            stdout=asyncio.subprocess.PIPE, env=worker_env())
         if preload:
             proc.stdin.write(json.dumps({"preload": preload}).encode() + b"\n")
         return proc

@@ -358,6 +358,28 @@ def test_completion_logprobs_shape(sdk):
     assert all(v <= 0 for v in lp.token_logprobs)
 
 
+# ---- logit_bias ------------------------------------------------------------------
+
+def test_logit_bias_bans_and_forces_tokens_at_temperature_zero(sdk, tokenizer):
+    kwargs = dict(model=MODEL, prompt="The capital of France is", max_tokens=1, temperature=0, logprobs=1)
+    plain = sdk.completions.create(**kwargs)
+    first = plain.choices[0].logprobs.tokens[0]
+    first_id = tokenizer.encode(first, add_bos=False, special=False)[0]
+    banned = sdk.completions.create(**kwargs, logit_bias={str(first_id): -100})
+    assert banned.choices[0].logprobs.tokens[0] != first
+    # logprobs stay the model's own, before the bias (as OpenAI reports them); the prompt's
+    # cached prefix makes the last position's kernels differ a little
+    (top, lp), = banned.choices[0].logprobs.top_logprobs[0].items()
+    assert top == first and lp == pytest.approx(plain.choices[0].logprobs.token_logprobs[0], abs=0.1)
+    forced_id = tokenizer.encode(" banana", add_bos=False, special=False)[0]
+    forced = sdk.completions.create(**kwargs, logit_bias={str(forced_id): 100})
+    assert forced.choices[0].text == tokenizer.decode([forced_id])
+    # the same bias steers a sampled (temperature > 0) request through llama.cpp's chain
+    sampled = sdk.completions.create(**{**kwargs, "temperature": 0.8}, seed=3, logit_bias={str(forced_id): 100})
+    assert sampled.choices[0].text == tokenizer.decode([forced_id])
+
+
+
 # ---- embeddings and rerank on GGUFs the test builds -------------------------------
 
 def test_embedding_and_reranker_models_through_the_gateway(make_gateway, tmp_path):

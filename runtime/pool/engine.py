@@ -319,22 +319,28 @@ class Engine:
 
     def _run(self) -> None:
         while not self._stop:
-            self._drain_inbox()
-            self._admit()
-            self.events.flush()  # refusals at admission
-            if not self.choices:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
             try:
+                self._drain_inbox()
+                self._admit()
+                self.events.flush()  # refusals at admission
+                if not self.choices:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
                 t0 = time.perf_counter()
                 self._step()
                 self.stats["step_s"] += time.perf_counter() - t0
             except Exception as exc:  # a bug or llama.cpp failure: fail what runs, keep serving
                 logging.getLogger("llmfn.engine").exception("engine step failed")
-                for req in {id(c.req): c.req for c in self.choices}.values():
-                    self._fail(req, f"{type(exc).__name__}: {exc}")
-                self.events.flush()
+                failed = {id(c.req): c.req for c in self.choices}
+                failed.update({id(r): r for r in self.waiting})
+                self.waiting.clear()
+                try:
+                    for req in failed.values():
+                        self._fail(req, f"{type(exc).__name__}: {exc}")
+                    self.events.flush()
+                except Exception:  # noqa: BLE001 - the scheduler must outlive its listener
+                    logging.getLogger("llmfn.engine").exception("engine events failed")
 
     def _drain_inbox(self) -> None:
         while True:

@@ -87,18 +87,30 @@ def worker_env() -> dict[str, str]:
     return {"GOMP_SPINCOUNT": "10000", **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+def engine_spec(path: str, p) -> dict[str, Any]:
+    """What a worker's engine is made of: a spare prepared with the same spec is
+    handed over as it is."""
+    return {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_batch": p.n_batch,
+            "n_threads": p.n_threads, "kv_unified": p.kv_unified}
+
+
+def _key(spec: dict[str, Any] | None) -> str | None:
+    return json.dumps(spec, sort_keys=True) if spec else None
+
+
 class Launcher:
     """Worker interpreters started ahead of need. A spare has imported llama.cpp
     and waits for a model, so a cold start pays no interpreter start; a CPU
     pool's spare has also mapped its model's weights (file-backed pages shared
-    with the page cache), so a cold start pays only the context. GPU pools keep
-    only the plain spare: scaled to zero, they hold no GPU memory."""
+    with the page cache) and created its context (the KV cache, in memory while
+    it waits), so a cold start pays only the handover. GPU pools keep only the
+    plain spare: scaled to zero, they hold no GPU memory."""
 
     def __init__(self, *, spare: bool = True, refill_delay: float = 2.0):
         self.spare_enabled = spare
         self.refill_delay = refill_delay
         self.socket_dir = tempfile.mkdtemp(prefix="llmfn-workers-")  # 0700: the sockets are ours alone
-        # by the model path they have mapped (None: none); each with the task that
+        # by the engine spec they have prepared (None: none); each with the task that
         # waits for it to be ready
         self._spares: dict[str | None, tuple[asyncio.subprocess.Process, asyncio.Task]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -107,15 +119,16 @@ class Launcher:
         if self.spare_enabled:
             await self._fill(None)
 
-    def prepare(self, path: str) -> None:
-        """Keep a spare with this model's weights mapped (CPU pools)."""
+    def prepare(self, spec: dict[str, Any]) -> None:
+        """Keep a spare with this engine ready: weights mapped, context created (CPU pools)."""
         if self.spare_enabled:
-            self._later(self._fill(path))
+            self._later(self._fill(spec))
 
-    async def take(self, path: str, *, preload: bool) -> tuple[asyncio.subprocess.Process, str]:
-        """A process waiting for a model, and what it was: "preloaded", "spare" or "new"."""
+    async def take(self, spec: dict[str, Any] | None) -> tuple[asyncio.subprocess.Process, str]:
+        """A process waiting for a model, and what it was: "preloaded", "spare" or "new".
+        ``spec``: the engine to prepare for next time (None: a plain spare)."""
         kind, proc = "new", None
-        for key, label in ((path, "preloaded"), (None, "spare")):
+        for key, label in ((_key(spec), "preloaded"), (None, "spare")):
             spare = self._spares.pop(key, None)
             if spare is not None and spare[0].returncode is None:
                 proc, kind = spare[0], label
@@ -125,7 +138,7 @@ class Launcher:
             proc = await self._spawn(None)
             await self._ready(proc, None)
         if self.spare_enabled:
-            self._later(self._fill(path if preload else None, delay=self.refill_delay))
+            self._later(self._fill(spec, delay=self.refill_delay))
         return proc, kind
 
     def socket_path(self) -> str:
@@ -136,35 +149,36 @@ class Launcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def state(self, path: str | None) -> str | None:
+    def state(self, spec: dict[str, Any] | None) -> str | None:
         """The spare for this model: "ready", "starting", or None."""
-        spare = self._spares.get(path) or self._spares.get(None)
+        spare = self._spares.get(_key(spec)) or self._spares.get(None)
         if spare is None or spare[0].returncode is not None:
             return None
         return "ready" if spare[1].done() else "starting"
 
-    async def _fill(self, path: str | None, delay: float = 0.0) -> None:
+    async def _fill(self, spec: dict[str, Any] | None, delay: float = 0.0) -> None:
         # After a cold start, not at once: a new interpreter would compete with the model load.
         await asyncio.sleep(delay)
-        current = self._spares.get(path)
+        key = _key(spec)
+        current = self._spares.get(key)
         if current is None or current[0].returncode is not None:
-            proc = await self._spawn(path)
-            self._spares[path] = (proc, asyncio.create_task(self._ready(proc, path), name="spare-ready"))
+            proc = await self._spawn(spec)
+            self._spares[key] = (proc, asyncio.create_task(self._ready(proc, spec), name="spare-ready"))
 
     @staticmethod
-    async def _ready(proc: asyncio.subprocess.Process, path: str | None) -> None:
-        """Wait for the spare's own word: imported (and, preloading, mapped)."""
-        for _ in range(2 if path else 1):
+    async def _ready(proc: asyncio.subprocess.Process, spec: dict[str, Any] | None) -> None:
+        """Wait for the spare's own word: imported (and, preloading, ready to serve)."""
+        for _ in range(2 if spec else 1):
             if not await proc.stdout.readline():
                 return
 
     @staticmethod
-    async def _spawn(preload: str | None) -> asyncio.subprocess.Process:
+    async def _spawn(spec: dict[str, Any] | None) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env=worker_env())
-        if preload:
-            proc.stdin.write(json.dumps({"preload": preload}).encode() + b"\n")
+        if spec:
+            proc.stdin.write(json.dumps({"preload": spec}).encode() + b"\n")
         return proc
 
     async def close(self) -> None:
@@ -225,7 +239,7 @@ class ModelPool:
         except Exception:  # reported by the cold start that needs it
             return
         self._model_path = str(fetched.path)
-        self.launcher.prepare(self._model_path)
+        self.launcher.prepare(engine_spec(self._model_path, self.config.pool))
         if _failed(self._prep):
             self._prep = asyncio.create_task(self._load_tokenizer(), name=f"prepare:{self.name}")
 
@@ -259,8 +273,11 @@ class ModelPool:
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
                 "kv_cache_usage_ratio": self.kv_cache_usage(),
                 "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == "warm"],
-                "spare": self.launcher.state(self._model_path),
+                "spare": self.launcher.state(self._spare_spec()),
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
+
+    def _spare_spec(self) -> dict[str, Any] | None:
+        return engine_spec(self._model_path, self.config.pool) if self._model_path else None
 
     def kv_cache_usage(self) -> float:
         warm = [w for w in self.workers if w.state == "warm"]
@@ -444,11 +461,9 @@ class ModelPool:
     async def _launch(self, worker: Worker, path: str) -> dict[str, Any]:
         """Hand the model to a (spare) interpreter, wait until it is loaded, connect."""
         p = self.config.pool
-        worker.proc, spare = await self.launcher.take(path, preload=p.n_gpu_layers == 0)
+        worker.proc, spare = await self.launcher.take(engine_spec(path, p) if p.n_gpu_layers == 0 else None)
         socket_path, secret = self.launcher.socket_path(), secrets.token_urlsafe(32)
-        cfg = {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_gpu_layers": p.n_gpu_layers,
-               "n_batch": p.n_batch, "n_threads": p.n_threads, "kv_unified": p.kv_unified,
-               "socket": socket_path, "secret": secret}
+        cfg = {**engine_spec(path, p), "n_gpu_layers": p.n_gpu_layers, "socket": socket_path, "secret": secret}
         worker.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
         log.info("model %s: worker pid %s loading %s", self.name, worker.pid, os.path.basename(path))
         try:
@@ -466,6 +481,8 @@ class ModelPool:
             reason = ready.get("error") or f"exit code {worker.proc.returncode}"
             raise ModelUnavailable(f"model '{self.name}': worker failed to load the model ({reason})")
         worker.client = await WorkerClient.connect(socket_path, secret)
+        if spare == "preloaded" and not ready.get("prepared"):
+            spare = "spare"  # prepared for another engine: it only saved the interpreter start
         return {**ready, "spare": spare}
 
     def _start_failed(self, worker: Worker, exc: Exception) -> None:

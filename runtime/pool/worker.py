@@ -112,24 +112,61 @@ class Connection(eng.Events):
         return bytes(buf)
 
 
+ENGINE_KEYS = ("slots", "n_ctx", "n_batch", "n_threads", "kv_unified")
+
+
+class Prepared:
+    """What a spare made while it waited: the model's weights, and for a generative
+    model its engine (context and KV cache), whose events go to the worker it becomes."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.model = eng.Model(spec["model"])
+        self.events = _Fanout(None)
+        self.engine = _new_engine(self.model, self.events, spec) if _generative(self.model) else None
+
+    def fits(self, cfg: dict) -> bool:
+        return (self.spec["model"] == cfg["model"] and not cfg.get("n_gpu_layers", 0)
+                and all(self.spec.get(k) == cfg.get(k) for k in ENGINE_KEYS))
+
+    def close(self) -> None:
+        if self.engine:
+            self.engine.close()
+        self.model.close()
+
+
+def _pooling(model: eng.Model) -> str | None:
+    arch = model.meta("general.architecture") or "llama"
+    return model.meta(f"{arch}.pooling_type")
+
+
+def _generative(model: eng.Model) -> bool:
+    return _pooling(model) in (None, "", "0")
+
+
+def _new_engine(model: eng.Model, events: eng.Events, cfg: dict) -> eng.Engine:
+    return eng.Engine(model, events, slots=cfg["slots"], n_ctx=cfg["n_ctx"], n_batch=cfg.get("n_batch", 512),
+                      n_threads=cfg.get("n_threads"), kv_unified=cfg.get("kv_unified", True))
+
+
 class Worker:
-    def __init__(self, cfg: dict, preloaded: eng.Model | None = None):
+    def __init__(self, cfg: dict, prepared: Prepared | None = None):
         self.cfg = cfg
         self.secret = cfg["secret"].encode()
         t = time.monotonic()
-        if preloaded is not None and (preloaded.path != cfg["model"] or cfg.get("n_gpu_layers", 0)):
-            preloaded.close()
-            preloaded = None
-        self.model = preloaded or eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
+        if prepared is not None and not prepared.fits(cfg):
+            prepared.close()
+            prepared = None
+        self.model = prepared.model if prepared else eng.Model(cfg["model"], n_gpu_layers=cfg.get("n_gpu_layers", 0))
         self.conns: dict[int, Connection] = {}  # request id -> its connection
         self.live: set[Connection] = set()
-        arch = self.model.meta("general.architecture") or "llama"
-        self.pooling = self.model.meta(f"{arch}.pooling_type")
+        self.pooling = _pooling(self.model)
         self.engine: eng.Engine | None = None
-        if not self.pooling or self.pooling == "0":  # a generative model
-            self.engine = eng.Engine(self.model, _Fanout(self), slots=cfg["slots"], n_ctx=cfg["n_ctx"],
-                                     n_batch=cfg.get("n_batch", 512), n_threads=cfg.get("n_threads"),
-                                     kv_unified=cfg.get("kv_unified", True))
+        self.prepared = prepared is not None
+        if prepared and prepared.engine:
+            self.engine, prepared.events.worker = prepared.engine, self
+        elif _generative(self.model):
+            self.engine = _new_engine(self.model, _Fanout(self), cfg)
         self.load_s = time.monotonic() - t
         self._embedder = None
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
@@ -208,10 +245,12 @@ class Worker:
 class _Fanout(eng.Events):
     """Routes engine events to the connection that made the request."""
 
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    def __init__(self, worker: Worker | None):
+        self.worker = worker  # set when a spare's prepared engine becomes a worker's
 
     def _conn(self, req_id: int, last: bool = False) -> Connection | None:
+        if self.worker is None:
+            return None
         conns = self.worker.conns
         return conns.pop(req_id, None) if last else conns.get(req_id)
 
@@ -232,7 +271,7 @@ class _Fanout(eng.Events):
             c.error(req_id, message)
 
     def flush(self):
-        for c in set(self.worker.live):
+        for c in set(self.worker.live if self.worker else ()):
             c.flush()
 
 
@@ -262,27 +301,28 @@ def main() -> None:
     if not line:
         return
     cfg = json.loads(line)
-    preloaded = None
-    if "preload" in cfg:  # a CPU pool's spare maps the weights while it waits
+    prepared = None
+    if "preload" in cfg:  # a CPU pool's spare maps the weights and creates its context while it waits
         try:
-            preloaded = eng.Model(cfg["preload"])
+            prepared = Prepared(cfg["preload"])
         except Exception:
-            preloaded = None  # loaded again, and reported, when the model is handed over
-        print(json.dumps({"event": "preloaded", "ok": preloaded is not None}), flush=True)
+            prepared = None  # loaded again, and reported, when the model is handed over
+        print(json.dumps({"event": "preloaded", "ok": prepared is not None}), flush=True)
         line = sys.stdin.readline()
         if not line:
             return
         cfg = json.loads(line)
     t = time.monotonic()
     try:
-        worker = Worker(cfg, preloaded)
+        worker = Worker(cfg, prepared)
         sock = _listen(cfg["socket"])
     except Exception as exc:
         print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)
     print(json.dumps({"event": "ready", "pid": os.getpid(), "import_s": round(IMPORT_S, 4),
                       "load_s": round(worker.load_s, 4), "listen_s": round(time.monotonic() - t, 4),
-                      "slots": cfg["slots"], "pooling": worker.pooling}), flush=True)
+                      "slots": cfg["slots"], "pooling": worker.pooling,
+                      "prepared": worker.prepared}), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     threading.Thread(target=_exit_on_stdin_eof, name="stdin", daemon=True).start()
     while True:

@@ -59,6 +59,22 @@ def test_scale_to_zero_frees_the_worker_and_restarts_on_demand(make_gateway):
     assert status["cold_starts"] == 2 and status["pids"][0] != pid
 
 
+def test_cold_start_takes_a_spare_with_the_engine_prepared(make_gateway):
+    # A CPU pool's spare maps the weights and creates the context while the pool is
+    # at rest, so a cold start only hands it over.
+    gw = make_gateway(model(idle_timeout=1.0, slots=2))
+    _wait(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
+    client = _sdk(gw)
+    assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices
+    assert gw.pool_status(MODEL)["last_cold_start"]["spare"] == "preloaded"
+    # after scale to zero the refilled spare is prepared again for the next cold start
+    _wait(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
+    _wait(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
+    assert client.completions.create(model=MODEL, prompt="Hello again", max_tokens=2).choices
+    status = gw.pool_status(MODEL)
+    assert status["cold_starts"] == 2 and status["last_cold_start"]["spare"] == "preloaded"
+
+
 def test_killed_worker_fails_in_flight_with_502_then_recovers(make_gateway):
     gw = make_gateway(model())
     client = _sdk(gw)

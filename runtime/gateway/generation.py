@@ -232,7 +232,10 @@ class Generation:
                         await out.send_raw(self._chunk(c.index, c.echo, opts))
                 async for index, ev in self._events(prompt, limit, base, n):
                     for chunk in self._stream_event(states[index], ev, opts):
-                        await out.send_raw(chunk)
+                        if isinstance(ev, Text):
+                            await out.send_raw(chunk)
+                        else:  # a choice's end: leaves with what follows it
+                            out.hold_raw(chunk)
         except LlmfnError as err:
             if not out.started:
                 raise
@@ -241,7 +244,7 @@ class Generation:
         usage = self._usage()
         self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         if opts.include_usage or opts.continuous_usage_stats:
-            await out.send_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")
+            out.hold_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")
         return await out.done()
 
     def _stream_event(self, c: ChoiceState, ev, opts: s.StreamOptions):

@@ -15,6 +15,7 @@ class EventStream:
         self.request = request
         self.headers = headers or {}
         self.response: web.StreamResponse | None = None
+        self._held: list[bytes] = []  # events that go out with the next write (one send, not one each)
 
     @property
     def started(self) -> bool:
@@ -26,22 +27,35 @@ class EventStream:
 
     async def send_raw(self, data: str) -> None:
         """One event whose JSON is already serialized."""
+        await self._prepare()
+        await self.response.write(self._take(b"data: " + data.encode() + b"\n\n"))
+
+    def hold_raw(self, data: str) -> None:
+        """An event that can wait for the next one (a choice's last chunk before the usage
+        and ``[DONE]``): they leave in one write."""
+        self._held.append(b"data: " + data.encode() + b"\n\n")
+
+    async def done(self) -> web.StreamResponse:
+        await self._prepare()
+        await self.response.write_eof(self._take(b"data: [DONE]\n\n"))  # with the stream's end
+        return self.response
+
+    async def _prepare(self) -> None:
         if self.response is None:
             self.response = web.StreamResponse(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "x-request-id": self.request.get(REQUEST_ID, ""), **self.headers})
             await self.response.prepare(self.request)
-        await self.response.write(b"data: " + data.encode() + b"\n\n")
 
-    async def done(self) -> web.StreamResponse:
-        assert self.response is not None
-        await self.response.write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
-        return self.response
+    def _take(self, data: bytes) -> bytes:
+        if not self._held:
+            return data
+        self._held.append(data)
+        data, self._held = b"".join(self._held), []
+        return data
 
     async def fail(self, body: dict[str, Any]) -> web.StreamResponse:
         """An error after the stream started: one error event, and no [DONE]."""
         assert self.response is not None
-        await self.response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
-        await self.response.write_eof()
+        await self.response.write_eof(self._take(b"data: " + json.dumps(body).encode() + b"\n\n"))
         return self.response

@@ -3,6 +3,7 @@ bound to a gateway whose invocation tokens it issues."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -13,6 +14,8 @@ from runtime.functions.deployments import DeployError, Deployments, check_handle
 from runtime.functions.dispatcher import Dispatcher, Result, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
 from runtime.gateway.auth import InvocationTokens
+
+log = logging.getLogger("llmfn.functions")
 
 
 @dataclass
@@ -54,7 +57,11 @@ class FunctionService:
             loop = asyncio.get_running_loop()
             for name, spec in self.functions.items():
                 await loop.run_in_executor(None, self.deployments.snapshot, spec)
-                self._switch(name)  # a restarted service comes back on the deployed versions
+                try:
+                    self._switch(name)  # a restarted service comes back on the deployed versions
+                except DeployError as exc:  # recorded before deployments were validated
+                    log.warning("function %s: its current version cannot run (%s); serving the template's",
+                                name, exc)
 
     async def close(self) -> None:
         if self.dispatcher:

@@ -171,11 +171,12 @@ class DeployRequest(BaseModel):
 async def rollback(request: web.Request) -> web.Response:
     if (denied := _authorized(request)) is not None:
         return denied
-    body = await request.json() if request.can_read_body else {}
-    to = body.get("FunctionVersion")
     try:
+        body = await request.json() if request.can_read_body else {}
+        to = body.get("FunctionVersion")
         out = request.app[SERVICE].rollback(request.match_info["name"], int(to) if to else None)
-    except DeployError as exc:
+    except (DeployError, ValueError, TypeError, AttributeError) as exc:
+        # a bad body (not JSON, not an object, a version that is not a number) is a 400 too
         return _aws_error(400, "InvalidParameterValueException", str(exc))
     return web.json_response({"Name": "live", "FunctionVersion": str(out["version"])})
 

@@ -103,9 +103,8 @@ class Registry:
             "key": f"llmfn/functions/Target/{sha}.zip", "sha256": sha, "config": config, "layers": []}}}
         return self.post(body)
 
-    def post(self, body) -> tuple[int, dict]:
-        req = urllib.request.Request(f"{self.lambda_url}/llmfn/deployments", method="POST",
-                                     data=json.dumps(body).encode(),
+    def post(self, body, path: str = "/llmfn/deployments", method: str = "POST") -> tuple[int, dict]:
+        req = urllib.request.Request(f"{self.lambda_url}{path}", method=method, data=json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}",
                                               "Content-Type": "application/json"})
         try:
@@ -155,6 +154,10 @@ def test_bad_deployments_are_refused_and_the_current_version_keeps_serving(proje
         assert not list(project.rglob("escaped.py"))
         assert registry.post({"bucket": "deploys", "functions": []})[0] == 400
         assert registry.post({"functions": {}})[0] == 400
+
+        for body in [{"FunctionVersion": "abc"}, {"FunctionVersion": "99"}, []]:
+            status, _ = registry.post(body, "/2015-03-31/functions/Target/aliases/live", "PUT")
+            assert status == 400, body
 
         assert _invoke(client)["code"] == "v1"  # nothing changed
         assert registry.register(v2, GOOD_CONFIG)[0] == 200  # and a good deploy still goes through

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.functions import Deployments
+from runtime.functions import DeployError, Deployments
 from runtime.functions.deployments import BundleLimits
 from runtime.stack import Stack
 
@@ -85,8 +85,13 @@ class Service:
         return s3fs.S3FileSystem(client_kwargs={"endpoint_url": self.s3_endpoint_url}, skip_instance_cache=True)
 
     async def _fetch(self, bucket: str, key: str) -> bytes:
-        fs = self._s3fs()
-        return await asyncio.get_running_loop().run_in_executor(None, fs.cat_file, f"{bucket}/{key}")
+        fs, limit = self._s3fs(), self.stack.settings.bundle_max_bytes
+
+        def read() -> bytes:  # an oversized bundle is refused before it is downloaded
+            if (size := fs.size(f"{bucket}/{key}")) > limit:
+                raise DeployError(f"bundle {key} is {size} bytes; the limit is {limit}")
+            return fs.cat_file(f"{bucket}/{key}")
+        return await asyncio.get_running_loop().run_in_executor(None, read)
 
     async def _start_triggers(self) -> None:
         """Wired by ``runtime.triggers`` once event sources are configured."""

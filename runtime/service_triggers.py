@@ -1,6 +1,7 @@
-"""Event triggers of ``llmfn serve``: S3 uploads (a durable poller) and
-schedules feed Lambda's asynchronous invocation (retries, event age, an
-on-failure destination in S3), over the service's function runtime."""
+"""Event triggers of ``llmfn serve``: S3 uploads (a durable poller),
+schedules and the Invoke API's Event invocations feed Lambda's asynchronous
+invocation (retries, event age, an on-failure destination in S3), over the
+service's function runtime."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
-"""Lambda's asynchronous invocation, as S3 and schedule triggers get it.
+"""Lambda's asynchronous invocation, as S3 and schedule triggers and the Invoke
+API's ``Event`` invocations get it.
 
 It owns what happens to an event after a trigger hands it over: the event is
 recorded in the ``DeliveryStore`` first (so a crash never loses it), then runs
@@ -7,7 +8,8 @@ about one minute, then two) up to ``MaximumRetryAttempts`` times and never
 once the event is older than ``MaximumEventAgeInSeconds``; a call refused for
 an exhausted LLM budget is not retried. When the invoker gives up, it builds
 Lambda's on-failure destination record and hands it to the
-``failure_destination`` callable.
+``failure_destination`` callable. It holds at most ``queue_limit`` events
+from callers that can be told to retry (``bounded``): past that, ``QueueFull``.
 
 It must not run handler code or write to S3 itself: ``invoke`` (the function
 runtime) and ``failure_destination`` (the integrator) do those.

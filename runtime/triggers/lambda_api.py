@@ -1,6 +1,8 @@
 """The Lambda Invoke API (``POST /2015-03-31/functions/{name}/invocations``), so
 ``boto3.client("lambda", endpoint_url=...).invoke(...)`` works against the
-emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``."""
+emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``.
+``Event`` invocations are handed to the asynchronous invoker (durable, bounded);
+a client context is checked here, before it can reach an instance."""
 from __future__ import annotations
 
 import asyncio

@@ -44,6 +44,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return _aws_error(404, "ResourceNotFoundException",
                           f"Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}")
     kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+    if kind not in ("RequestResponse", "Event", "DryRun"):
+        return _aws_error(400, "InvalidParameterValueException",
+                          "InvocationType must be one of RequestResponse, Event, DryRun")
     payload = await request.read() or b"{}"
     try:
         json.loads(payload)

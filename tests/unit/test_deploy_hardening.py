@@ -172,3 +172,42 @@ def test_the_emulator_hands_on_only_the_callers_aws_credentials_and_endpoints():
     assert caller_aws_environment(env) == {
         "AWS_ACCESS_KEY_ID": "AKIASERVICE", "AWS_SECRET_ACCESS_KEY": "service-secret",
         "AWS_SESSION_TOKEN": "service-token", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"}
+
+
+# --- the Invoke API's checks, before anything reaches an instance ------------------------
+
+class NoInstances:
+    """A function service with one function that must never be invoked."""
+    functions = {"Fn": BASE}
+
+    async def invoke(self, *args, **kw):
+        raise AssertionError("a refused request reached the function")
+
+
+@pytest.mark.parametrize("headers, status, error", [
+    ({"X-Amz-Invocation-Type": "Sometimes"}, 400, "InvalidParameterValueException"),
+    ({"X-Amz-Client-Context": "bm90IGpzb24NCkEtQjogMQ=="}, 400, "InvalidRequestContentException"),
+    ({"X-Amz-Client-Context": "%%%"}, 400, "InvalidRequestContentException"),
+    ({"X-Amz-Client-Context": "W10="}, 400, "InvalidRequestContentException"),  # [] is not an object
+    ({"X-Amz-Client-Context": "e30=" * 1000}, 400, "InvalidRequestContentException"),
+])
+async def test_the_invoke_api_refuses_bad_headers_before_invoking(aiohttp_client, headers, status, error):
+    from runtime.triggers.lambda_api import build_lambda_api
+
+    client = await aiohttp_client(build_lambda_api(NoInstances()))
+    resp = await client.post("/2015-03-31/functions/Fn/invocations", data=b"{}", headers=headers)
+    assert resp.status == status and (await resp.json())["__type"] == error
+
+
+async def test_the_emulators_event_queue_is_bounded(aiohttp_client, monkeypatch):
+    import runtime.triggers.lambda_api as lambda_api
+
+    class Slow(NoInstances):
+        async def invoke(self, *args, **kw):
+            await asyncio.sleep(30)  # still running when the third event arrives
+
+    monkeypatch.setattr(lambda_api, "IN_MEMORY_EVENT_LIMIT", 2)
+    client = await aiohttp_client(lambda_api.build_lambda_api(Slow()))
+    statuses = [(await client.post("/2015-03-31/functions/Fn/invocations", data=b"{}",
+                                   headers={"X-Amz-Invocation-Type": "Event"})).status for _ in range(3)]
+    assert statuses == [202, 202, 429]

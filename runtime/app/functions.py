@@ -20,7 +20,8 @@ class TemplateError(ValueError):
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_MAX_BYTES = 4096
 # What ``llmfn deploy`` may change per version, as SAM property -> FunctionSpec field.
-DEPLOYABLE = {"Handler": "handler", "Timeout": "timeout", "MemorySize": "memory_size", "Environment": "environment"}
+DEPLOYABLE = {"Handler": "handler", "Timeout": "timeout", "MemorySize": "memory_size",
+              "Environment": "environment"}
 
 
 class QuotaSpec(BaseModel):

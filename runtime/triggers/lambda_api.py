@@ -145,6 +145,10 @@ async def deploy(request: web.Request) -> web.Response:
         where = ".".join(str(part) for part in err["loc"]) or "body"
         return _aws_error(400, "InvalidParameterValueException",
                           f"deploy refused, nothing changed: {where}: {err['msg']}")
+    unknown = [name for name in body.functions if name not in request.app[SERVICE].functions]
+    if unknown:  # before anything is downloaded
+        return _aws_error(400, "InvalidParameterValueException",
+                          f"deploy refused, nothing changed: not in the template: {', '.join(unknown[:10])}")
     fetch = request.app[_FETCH]
     try:
         bundles = {}
@@ -164,7 +168,7 @@ class BundleRef(BaseModel):
 
 class DeployedFunction(BundleRef):
     config: dict = Field(default_factory=dict)  # checked against the template's model by the service
-    layers: list[BundleRef] = Field(default_factory=list)
+    layers: list[BundleRef] = Field(default_factory=list, max_length=5)  # Lambda's limit
 
 
 class DeployRequest(BaseModel):

@@ -154,6 +154,9 @@ def test_bad_deployments_are_refused_and_the_current_version_keeps_serving(proje
         assert not list(project.rglob("escaped.py"))
         assert registry.post({"bucket": "deploys", "functions": []})[0] == 400
         assert registry.post({"functions": {}})[0] == 400
+        stranger = {"Stranger": {"key": "k", "sha256": "0" * 64}}
+        status, body = registry.post({"bucket": "deploys", "functions": stranger})
+        assert status == 400 and "not in the template: Stranger" in body["Message"]
 
         for body in [{"FunctionVersion": "abc"}, {"FunctionVersion": "99"}, []]:
             status, _ = registry.post(body, "/2015-03-31/functions/Target/aliases/live", "PUT")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from runtime.app import load_template
+from runtime.functions.instance import caller_aws_environment
 from runtime.stack import Stack, load_env_vars
 
 
@@ -20,7 +22,8 @@ def _stack(args: argparse.Namespace) -> Stack:
     settings = _settings(args)
     template = load_template(settings.template)
     return Stack(settings=settings, template=template, models=_models(args, settings),
-                 env_vars=load_env_vars(getattr(args, "env_vars", None)))
+                 env_vars=load_env_vars(getattr(args, "env_vars", None)),
+                 function_env=caller_aws_environment(os.environ))
 
 
 def _read_event(source: str | None) -> Any:

@@ -97,7 +97,10 @@ def register(endpoint: str, bucket: str, entries: dict, admin_key: str | None) -
         with urllib.request.urlopen(req, timeout=300) as resp:
             return json.loads(resp.read())["functions"]
     except urllib.error.HTTPError as err:
-        detail = json.loads(err.read() or b"{}").get("Message", err.reason)
+        try:
+            detail = json.loads(err.read() or b"{}").get("Message", err.reason)
+        except (ValueError, AttributeError):  # not the Lambda API's JSON (a proxy, a size limit)
+            detail = f"HTTP {err.code} {err.reason}"
         raise DeployError(detail) from None
     except urllib.error.URLError as err:
         raise DeployError(f"cannot reach the service at {endpoint}: {err.reason}") from None

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.functions import Deployments
+from runtime.functions import DeployError, Deployments
+from runtime.functions.deployments import BundleLimits
 from runtime.stack import Stack
 
 log = logging.getLogger("llmfn.serve")
@@ -29,6 +30,7 @@ class Service:
     lambda_port: int
     s3_endpoint_url: str | None = None
     urls: dict[str, str] = field(default_factory=dict)
+    events: Any = None  # the asynchronous invoker (S3, schedules, Event invocations)
     _moto: Any = None
     _closers: list = field(default_factory=list)
 
@@ -36,12 +38,13 @@ class Service:
         settings = self.stack.settings
         if self.stack.template.functions:
             self._start_s3()
-            self.stack.deployments = Deployments(settings.data_dir / "deployments")
+            self.stack.deployments = Deployments(settings.data_dir / "deployments", BundleLimits(
+                settings.bundle_max_bytes, settings.bundle_max_unzipped_bytes, settings.bundle_max_entries))
         await self.stack.start()
         self.urls["gateway"] = self.stack.gateway_url
         if self.stack.template.functions:
+            await self._start_triggers()  # first: the Invoke API queues Event invocations with it
             await self._serve_http()
-            await self._start_triggers()
         for name, url in self.urls.items():
             print(f"llmfn {name} on {url}", file=sys.stderr, flush=True)
 
@@ -61,9 +64,8 @@ class Service:
             self.urls["embedded S3"] = self.s3_endpoint_url
         self.stack.settings = self.stack.settings.model_copy(update={"s3_endpoint_url": self.s3_endpoint_url})
         env = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint_url}
-        for k in EMBEDDED_S3_CREDENTIALS:
-            if k in os.environ:
-                env[k] = os.environ[k]
+        if self._moto is not None:  # never the service's own credentials; the embedded S3 takes any
+            env.update(EMBEDDED_S3_CREDENTIALS)
         self.stack.function_env = {**env, **self.stack.function_env}
 
     async def _serve_http(self) -> None:
@@ -73,7 +75,8 @@ class Service:
         host = self.stack.settings.host
         app, _ = build_http_api(self.stack.template.functions, self.stack.functions)
         self.urls["http api"] = f"http://{host}:{await self.stack.serve(app, host, self.api_port)}"
-        lam = build_lambda_api(self.stack.functions, fetch=self._fetch, admin_key=self.stack.settings.admin_key)
+        lam = build_lambda_api(self.stack.functions, fetch=self._fetch, admin_key=self.stack.settings.admin_key,
+                               events=self.events)
         self.urls["lambda api"] = f"http://{host}:{await self.stack.serve(lam, host, self.lambda_port)}"
 
     def _s3fs(self):
@@ -82,8 +85,13 @@ class Service:
         return s3fs.S3FileSystem(client_kwargs={"endpoint_url": self.s3_endpoint_url}, skip_instance_cache=True)
 
     async def _fetch(self, bucket: str, key: str) -> bytes:
-        fs = self._s3fs()
-        return await asyncio.get_running_loop().run_in_executor(None, fs.cat_file, f"{bucket}/{key}")
+        fs, limit = self._s3fs(), self.stack.settings.bundle_max_bytes
+
+        def read() -> bytes:  # an oversized bundle is refused before it is downloaded
+            if (size := fs.size(f"{bucket}/{key}")) > limit:
+                raise DeployError(f"bundle {key} is {size} bytes; the limit is {limit}")
+            return fs.cat_file(f"{bucket}/{key}")
+        return await asyncio.get_running_loop().run_in_executor(None, read)
 
     async def _start_triggers(self) -> None:
         """Wired by ``runtime.triggers`` once event sources are configured."""

@@ -1,6 +1,7 @@
-"""Event triggers of ``llmfn serve``: S3 uploads (a durable poller) and
-schedules feed Lambda's asynchronous invocation (retries, event age, an
-on-failure destination in S3), over the service's function runtime."""
+"""Event triggers of ``llmfn serve``: S3 uploads (a durable poller),
+schedules and the Invoke API's Event invocations feed Lambda's asynchronous
+invocation (retries, event age, an on-failure destination in S3), over the
+service's function runtime."""
 from __future__ import annotations
 
 import asyncio
@@ -55,12 +56,12 @@ def _put(fs, bucket: str, key: str, data: bytes) -> None:
     fs.pipe_file(f"{bucket}/{key}", data)
 
 
-async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]] | None:
+async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]]:
+    """The delivery store and the asynchronous invoker (``service.events``, which the
+    Invoke API's Event invocations use too), then the S3 and schedule triggers."""
     template = service.stack.template
     rules = s3_rules(template.functions, template.resources)
     entries = schedule_entries(template.functions)
-    if not rules and not entries:
-        return None
     settings = service.stack.settings
     store = DeliveryStore(settings.data_dir / "deliveries.sqlite3")
     globals_fn = (template.globals or {}).get("Function") or {}
@@ -69,7 +70,9 @@ async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]] | 
                                   default, resources=template.resources)
                for name in template.functions}
     invoker = AsyncInvoker(_invoker(service), store=store, failure_destination=_destination_writer(service),
-                           configs=configs, retry_base_delay_s=float(os.environ.get("LLMFN_RETRY_DELAY_S", "60")))
+                           configs=configs, retry_base_delay_s=float(os.environ.get("LLMFN_RETRY_DELAY_S", "60")),
+                           queue_limit=settings.event_queue_limit)
+    service.events = invoker
     await invoker.resume()
     s3 = S3Trigger(rules, submit=invoker.submit, store=store, endpoint_url=service.s3_endpoint_url,
                    interval=float(os.environ.get("LLMFN_S3_POLL_S", "1.0"))) if rules else None

@@ -31,6 +31,13 @@ class GatewaySettings(BaseSettings):
     admin_key: str | None = Field(None, description="Key for the usage and key routes of every resource.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+    # Deployed functions: what one bundle may hold, and the asynchronous (Event) invocations queued.
+    bundle_max_bytes: int = Field(50 * 2**20, ge=1, description="Largest deployable bundle (zip), in bytes.")
+    bundle_max_unzipped_bytes: int = Field(250 * 2**20, ge=1,
+                                           description="Largest total size of a bundle's files, unzipped.")
+    bundle_max_entries: int = Field(20_000, ge=1, description="Most entries (files, folders) in one bundle.")
+    event_queue_limit: int = Field(1000, ge=1, description="Event invocations waiting or running; "
+                                                           "more are refused with a 429.")
 
     @property
     def ledger_path(self) -> Path:

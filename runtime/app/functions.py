@@ -4,16 +4,24 @@ settings live in the resource's ``Metadata.llmfn`` (foreign content that
 CloudFormation allows on any resource)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 EventType = Literal["HttpApi", "Api", "S3", "Schedule"]
 
 
 class TemplateError(ValueError):
     """A template problem, naming the resource and property at fault."""
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_MAX_BYTES = 4096
+# What ``llmfn deploy`` may change per version, as SAM property -> FunctionSpec field.
+DEPLOYABLE = {"Handler": "handler", "Timeout": "timeout", "MemorySize": "memory_size",
+              "Environment": "environment"}
 
 
 class QuotaSpec(BaseModel):
@@ -59,6 +67,19 @@ class FunctionSpec(BaseModel):
     layers: list[Path] = Field(default_factory=list)
     events: list[EventSpec] = Field(default_factory=list)
     llm: FunctionLlm = Field(default_factory=FunctionLlm)
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, env: dict[str, str]) -> dict[str, str]:
+        # Lambda's rules: a variable a process could not be started with breaks every invoke.
+        for key, value in env.items():
+            if not ENV_NAME.fullmatch(key):
+                raise ValueError(f"{key!r}: a variable name is letters, digits and _, not starting with a digit")
+            if "\0" in value:
+                raise ValueError(f"{key}: a value may not contain a NUL character")
+        if sum(len(k) + len(v) for k, v in env.items()) > ENV_MAX_BYTES:
+            raise ValueError(f"the variables take more than {ENV_MAX_BYTES} bytes (Lambda's limit)")
+        return env
 
     def allows_model(self, model: str) -> bool:
         return self.llm.models is None or model in self.llm.models
@@ -123,6 +144,24 @@ def parse_function(name: str, resource: dict[str, Any], globals_fn: dict[str, An
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         prop = {"handler": "Handler", "timeout": "Timeout", "memory_size": "MemorySize",
-                "runtime": "Runtime"}.get(field)
+                "runtime": "Runtime", "environment": "Environment.Variables"}.get(field)
         place = f"{where}.{prop}" if prop else f"Resources.{name}.Metadata.llmfn.{field}"
+        raise TemplateError(f"{place}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def with_config(base: FunctionSpec, config: Mapping[str, Any]) -> FunctionSpec:
+    """``base`` with a deployed version's properties, validated by the same model as
+    the template; a ``TemplateError`` names the property at fault."""
+    if not isinstance(config, Mapping):
+        raise TemplateError("config: must be an object of " + ", ".join(DEPLOYABLE))
+    unknown = sorted(set(config) - set(DEPLOYABLE))
+    if unknown:
+        raise TemplateError(f"{unknown[0]}: not a deployable property (deployable: {', '.join(DEPLOYABLE)})")
+    update = {DEPLOYABLE[k]: v for k, v in config.items()}
+    try:
+        return FunctionSpec.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        prop = {f: p for p, f in DEPLOYABLE.items()}.get(str(err["loc"][0]), str(err["loc"][0]))
+        place = ".".join([prop, *(str(part) for part in err["loc"][1:])])
         raise TemplateError(f"{place}: {err['msg'].removeprefix('Value error, ')}") from None

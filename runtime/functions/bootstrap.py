@@ -146,12 +146,12 @@ def _stream_chunks(result: Any, loop: asyncio.AbstractEventLoop) -> tuple[Iterat
 def run_one(api: RuntimeApi, handler, loop: asyncio.AbstractEventLoop) -> None:
     event_bytes, headers = api.next()
     request_id = headers["Lambda-Runtime-Aws-Request-Id"]
-    context = LambdaContext(headers)
     base_url = headers.get("Lambda-Runtime-Llmfn-Gateway", "").rstrip("/") + "/v1"
     token = headers.get("Lambda-Runtime-Llmfn-Token", "")
     # Any OpenAI-compatible library in the handler finds the gateway with no configuration.
     os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"] = base_url, token
     try:
+        context = LambdaContext(headers)  # inside: a bad header fails this invocation, not the instance
         llmfn_llm.attach(context, base_url=base_url, api_key=token)
         event = json.loads(event_bytes) if event_bytes else {}
         result = handler(event, context)

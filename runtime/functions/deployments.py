@@ -8,13 +8,15 @@ import hashlib
 import io
 import json
 import shutil
+import stat
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.app.functions import FunctionSpec
+from runtime.app.functions import FunctionSpec, TemplateError, with_config
 
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -61,8 +63,19 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def unpack(bundle: bytes, expected_sha: str, into: Path) -> Path:
-    """Check a bundle's checksum and unpack it (once) into ``into/<sha>``."""
+@dataclass(frozen=True)
+class BundleLimits:
+    """What one bundle may hold. The defaults are Lambda's (50 MB zipped, 250 MB
+    unzipped); the entry count keeps a zip of empty files from costing inodes."""
+    max_bytes: int = 50 * 2**20
+    max_unzipped_bytes: int = 250 * 2**20
+    max_entries: int = 20_000
+
+
+def unpack(bundle: bytes, expected_sha: str, into: Path, limits: BundleLimits = BundleLimits()) -> Path:
+    """Check a bundle's checksum and limits and unpack it (once) into ``into/<sha>``."""
+    if len(bundle) > limits.max_bytes:
+        raise DeployError(f"bundle is {len(bundle)} bytes; the limit is {limits.max_bytes}")
     actual = sha256_of(bundle)
     if actual != expected_sha:
         raise DeployError(f"bundle checksum mismatch: expected {expected_sha[:12]}…, got {actual[:12]}…")
@@ -73,14 +86,47 @@ def unpack(bundle: bytes, expected_sha: str, into: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
-            for name in zf.namelist():
-                if name.startswith("/") or ".." in Path(name).parts:
-                    raise DeployError(f"bundle entry {name!r} escapes the bundle")
-            zf.extractall(tmp)
-    except zipfile.BadZipFile:
-        raise DeployError("bundle is not a zip file") from None
+            _extract(zf, tmp, limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DeployError(f"bundle is not a readable zip file ({type(exc).__name__})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     tmp.rename(target)
     return target
+
+
+def _extract(zf: zipfile.ZipFile, into: Path, limits: BundleLimits) -> None:
+    """Extract every entry, refusing the whole bundle on the first one past a limit."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        raise DeployError(f"bundle has {len(infos)} entries; the limit is {limits.max_entries}")
+    if sum(info.file_size for info in infos) > limits.max_unzipped_bytes:
+        raise DeployError(f"bundle unzips to more than {limits.max_unzipped_bytes} bytes")
+    budget = limits.max_unzipped_bytes
+    for info in infos:
+        dest = _entry_path(info, into)
+        if info.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Counted while writing: a zip bomb's headers may understate what it inflates to.
+        with zf.open(info) as src, open(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise DeployError(f"bundle unzips to more than {limits.max_unzipped_bytes} bytes")
+                out.write(chunk)
+
+
+def _entry_path(info: zipfile.ZipInfo, into: Path) -> Path:
+    name = info.filename
+    parts = Path(name.replace("\\", "/")).parts
+    if (name.startswith(("/", "\\")) or ".." in parts or ":" in name or "\0" in name
+            or stat.S_ISLNK(info.external_attr >> 16)):
+        raise DeployError(f"bundle entry {name!r} escapes the bundle")
+    return into.joinpath(*parts)
 
 
 def check_handler(code_dir: Path, handler: str) -> None:
@@ -90,8 +136,9 @@ def check_handler(code_dir: Path, handler: str) -> None:
 
 
 class Deployments:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, limits: BundleLimits = BundleLimits()):
         self.root = Path(root)
+        self.limits = limits
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file = self.root / "deployments.json"
         self.functions: dict[str, FunctionVersions] = self._load()
@@ -123,8 +170,8 @@ class Deployments:
         sha = sha256_of(data)
         root = self.root / "bundles"
         root.mkdir(parents=True, exist_ok=True)
-        code_dir = unpack(data, sha, root)
-        layers = [unpack(d, sha256_of(d), root) for d in (zip_dir(p) for p in spec.layers)]
+        code_dir = unpack(data, sha, root, self.limits)
+        layers = [unpack(d, sha256_of(d), root, self.limits) for d in (zip_dir(p) for p in spec.layers)]
         self.functions[spec.name] = FunctionVersions(1, {1: Version(
             1, sha, str(code_dir), [str(p) for p in layers], {})})
         self.save()
@@ -154,10 +201,11 @@ class Deployments:
 
 
 def spec_of(base: FunctionSpec, version: Version) -> FunctionSpec:
-    """The template's function with a deployed version's code and configuration."""
-    cfg = version.config
-    return base.model_copy(update={
-        "code_uri": Path(version.code_dir), "layers": [Path(p) for p in version.layer_dirs],
-        "handler": cfg.get("Handler", base.handler), "timeout": cfg.get("Timeout", base.timeout),
-        "memory_size": cfg.get("MemorySize", base.memory_size),
-        "environment": cfg.get("Environment", base.environment)})
+    """The template's function with a deployed version's code and configuration,
+    validated by the template's model (``DeployError`` naming the property)."""
+    try:
+        spec = with_config(base, version.config)
+    except TemplateError as exc:
+        raise DeployError(f"Resources.{base.name}.Properties.{exc}") from None
+    return spec.model_copy(update={"code_uri": Path(version.code_dir),
+                                   "layers": [Path(p) for p in version.layer_dirs]})

@@ -10,13 +10,24 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from runtime.app.functions import FunctionSpec
 from runtime.functions.invocation import Invocation
 
 LAYER_PATH = Path(__file__).resolve().parents[2] / "layers" / "llm" / "python"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# What an instance takes from the service's own environment (plus LC_*): what a
+# process needs to run, as Lambda defines it, and nothing that could be a secret.
+INHERITED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH"})
+_CALLER_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+               "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+def caller_aws_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's AWS credentials and endpoints, which the emulator hands to the
+    functions it runs on the caller's behalf, as ``sam local`` does. ``serve`` does not."""
+    return {k: v for k, v in environ.items() if k in _CALLER_AWS or k.startswith("AWS_ENDPOINT_URL")}
 
 
 class FunctionInstance:
@@ -50,7 +61,9 @@ class FunctionInstance:
         spec = self.spec
         paths = [str(spec.code_uri)] + [str(p / "python") if (p / "python").is_dir() else str(p)
                                         for p in spec.layers] + [str(LAYER_PATH), str(PROJECT_ROOT)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMFN_", "OPENAI_"))}
+        # An allowlist, never os.environ minus a denylist: the service's keys and its own
+        # AWS credentials stay out. The template and --env-vars add what a function needs.
+        env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
         env.update({
             "AWS_LAMBDA_RUNTIME_API": f"{self.runtime_api}/i/{self.id}",
             "_HANDLER": spec.handler, "LAMBDA_TASK_ROOT": str(spec.code_uri),
@@ -59,8 +72,8 @@ class FunctionInstance:
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime(f"%Y/%m/%d/[{self.version}]") + self.id,
-            "AWS_REGION": env.get("AWS_REGION", "us-east-1"),
-            "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
             "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1",
         })

@@ -3,16 +3,19 @@ bound to a gateway whose invocation tokens it issues."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
 
-from runtime.app.functions import FunctionSpec
+from runtime.app.functions import FunctionSpec, TemplateError, with_config
 from runtime.functions.deployments import DeployError, Deployments, check_handler, spec_of, unpack
 from runtime.functions.dispatcher import Dispatcher, Result, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
 from runtime.gateway.auth import InvocationTokens
+
+log = logging.getLogger("llmfn.functions")
 
 
 @dataclass
@@ -54,7 +57,11 @@ class FunctionService:
             loop = asyncio.get_running_loop()
             for name, spec in self.functions.items():
                 await loop.run_in_executor(None, self.deployments.snapshot, spec)
-                self._switch(name)  # a restarted service comes back on the deployed versions
+                try:
+                    self._switch(name)  # a restarted service comes back on the deployed versions
+                except DeployError as exc:  # recorded before deployments were validated
+                    log.warning("function %s: its current version cannot run (%s); serving the template's",
+                                name, exc)
 
     async def close(self) -> None:
         if self.dispatcher:
@@ -91,12 +98,21 @@ class FunctionService:
         return out
 
     def _stage(self, name: str, b: "StagedBundle"):
+        spec = self._configured(name, b.config)  # before any bytes are unpacked
         root = self.deployments.root / "bundles"
         root.mkdir(parents=True, exist_ok=True)
-        code_dir = unpack(b.code, b.sha256, root)
-        check_handler(code_dir, b.config.get("Handler", self.functions[name].handler))
-        layer_dirs = [unpack(data, sha, root) for data, sha in b.layers]
+        limits = self.deployments.limits
+        code_dir = unpack(b.code, b.sha256, root, limits)
+        check_handler(code_dir, spec.handler)
+        layer_dirs = [unpack(data, sha, root, limits) for data, sha in b.layers]
         return code_dir, layer_dirs, b
+
+    def _configured(self, name: str, config: dict[str, Any]) -> FunctionSpec:
+        """The function with a deployed configuration, validated like the template."""
+        try:
+            return with_config(self.functions[name], config)
+        except TemplateError as exc:
+            raise DeployError(f"Resources.{name}.Properties.{exc}") from None
 
     def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
         if self.deployments is None or name not in self.deployments.functions:
@@ -107,6 +123,8 @@ class FunctionService:
             if not older:
                 raise DeployError(f"{name} is on its first version; nothing to roll back to")
             to = older[-1]
+        if to in fv.versions:
+            spec_of(self.functions[name], fv.versions[to])  # a version that could not run is not made current
         self.deployments.set_current(name, to)
         self.deployments.save()
         self._switch(name)

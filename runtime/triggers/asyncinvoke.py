@@ -1,4 +1,5 @@
-"""Lambda's asynchronous invocation, as S3 and schedule triggers get it.
+"""Lambda's asynchronous invocation, as S3 and schedule triggers and the Invoke
+API's ``Event`` invocations get it.
 
 It owns what happens to an event after a trigger hands it over: the event is
 recorded in the ``DeliveryStore`` first (so a crash never loses it), then runs
@@ -7,7 +8,8 @@ about one minute, then two) up to ``MaximumRetryAttempts`` times and never
 once the event is older than ``MaximumEventAgeInSeconds``; a call refused for
 an exhausted LLM budget is not retried. When the invoker gives up, it builds
 Lambda's on-failure destination record and hands it to the
-``failure_destination`` callable.
+``failure_destination`` callable. It holds at most ``queue_limit`` events
+from callers that can be told to retry (``bounded``): past that, ``QueueFull``.
 
 It must not run handler code or write to S3 itself: ``invoke`` (the function
 runtime) and ``failure_destination`` (the integrator) do those.
@@ -107,6 +109,10 @@ def _s3_destination(on_failure: Mapping[str, Any], resources: Mapping[str, Any],
                         "or !Ref / !GetAtt of an AWS::S3::Bucket")
 
 
+class QueueFull(Exception):
+    """The asynchronous queue is at its limit: the event was not accepted (Lambda's 429)."""
+
+
 @dataclass
 class _Run:
     """One event's delivery in progress."""
@@ -124,7 +130,7 @@ class AsyncInvoker:
 
     def __init__(self, invoke: Invoke, *, store: DeliveryStore, failure_destination: FailureDestination,
                  configs: Mapping[str, AsyncConfig] | None = None, clock: Callable[[], float] = time.time,
-                 retry_base_delay_s: float = 60.0, concurrency: int = 8,
+                 retry_base_delay_s: float = 60.0, concurrency: int = 8, queue_limit: int = 1000,
                  region: str = DEFAULT_REGION, account_id: str = LOCAL_ACCOUNT_ID):
         self._invoke = invoke
         self._store = store
@@ -135,24 +141,35 @@ class AsyncInvoker:
         self._slots = asyncio.Semaphore(concurrency)
         self._region, self._account = region, account_id
         self._tasks: dict[str, asyncio.Task] = {}
+        self._queue_limit = queue_limit
+        self._claiming = 0  # bounded submissions between the check and their task
         self._closed = False
 
     def config_for(self, function: str) -> AsyncConfig:
         return self._configs.get(function) or AsyncConfig()
 
     async def submit(self, function: str, event: dict[str, Any], *, event_id: str,
-                     config: AsyncConfig | None = None) -> bool:
+                     config: AsyncConfig | None = None, bounded: bool = False) -> bool:
         """Accept an event (Lambda's 202); False when ``event_id`` was accepted before.
 
         The event is durable once this returns; it runs in a background task.
         After ``close()`` it is still recorded and runs on the next ``resume()``.
+        ``bounded`` (the Invoke API's events) raises ``QueueFull`` rather than hold
+        more than ``queue_limit`` events; triggers that re-deliver from their
+        source (S3, schedules) are not refused.
         """
-        now = self._clock()
-        if not await asyncio.to_thread(self._store.claim, event_id, function, event, now=now):
-            return False
-        if not self._closed:
-            self._start(_Run(function, event_id, event, config or self.config_for(function), now))
-        return True
+        if bounded and len(self._tasks) + self._claiming >= self._queue_limit:
+            raise QueueFull(f"{self._queue_limit} asynchronous invocations are already waiting or running")
+        self._claiming += bounded
+        try:
+            now = self._clock()
+            if not await asyncio.to_thread(self._store.claim, event_id, function, event, now=now):
+                return False
+            if not self._closed:
+                self._start(_Run(function, event_id, event, config or self.config_for(function), now))
+            return True
+        finally:
+            self._claiming -= bounded
 
     async def resume(self) -> int:
         """Re-run the events that were pending when the service last stopped (at-least-once)."""

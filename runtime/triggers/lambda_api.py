@@ -1,25 +1,35 @@
 """The Lambda Invoke API (``POST /2015-03-31/functions/{name}/invocations``), so
 ``boto3.client("lambda", endpoint_url=...).invoke(...)`` works against the
-emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``."""
+emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``.
+``Event`` invocations are handed to the asynchronous invoker (durable, bounded);
+a client context is checked here, before it can reach an instance."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import json
+import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
 
 from runtime.functions import DeployError, FunctionService, StagedBundle
+from runtime.triggers.asyncinvoke import AsyncInvoker, QueueFull
 
 SERVICE = web.AppKey("functions", FunctionService)
 _BACKGROUND = web.AppKey("background", set)
+_EVENTS = web.AppKey("events", object)  # the AsyncInvoker, or None in the emulator
+CLIENT_CONTEXT_MAX = 3583  # Lambda's limit on the base64 text
+EVENT_PAYLOAD_MAX = 256 * 1024  # Lambda's limit for asynchronous invocations
+IN_MEMORY_EVENT_LIMIT = 100
 
 
-def _aws_error(status: int, error_type: str, message: str) -> web.Response:
+def _aws_error(status: int, error_type: str, message: str, headers: dict | None = None) -> web.Response:
     return web.json_response({"Type": "User", "Message": message, "__type": error_type}, status=status,
-                             headers={"x-amzn-ErrorType": error_type})
+                             headers={"x-amzn-ErrorType": error_type, **(headers or {})})
 
 
 def _function_name(raw: str) -> str:
@@ -34,20 +44,22 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return _aws_error(404, "ResourceNotFoundException",
                           f"Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}")
     kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+    if kind not in ("RequestResponse", "Event", "DryRun"):
+        return _aws_error(400, "InvalidParameterValueException",
+                          "InvocationType must be one of RequestResponse, Event, DryRun")
     payload = await request.read() or b"{}"
     try:
         json.loads(payload)
     except ValueError:
         return _aws_error(400, "InvalidRequestContentException", "Could not parse request body into json")
-    context = request.headers.get("X-Amz-Client-Context")
-    client_context = base64.b64decode(context).decode() if context else None
+    try:
+        client_context = _client_context(request.headers.get("X-Amz-Client-Context"))
+    except ValueError as exc:
+        return _aws_error(400, "InvalidRequestContentException", str(exc))
     if kind == "DryRun":
         return web.Response(status=204)
     if kind == "Event":
-        task = asyncio.create_task(_run_async(service, name, payload, client_context))
-        request.app[_BACKGROUND].add(task)
-        task.add_done_callback(request.app[_BACKGROUND].discard)
-        return web.Response(status=202)
+        return await _accept_event(request, name, payload)
     result = await service.invoke(name, payload, client_context=client_context)
     body = b"".join([chunk async for chunk in result.outcome.stream()])
     report = await result.report
@@ -63,11 +75,54 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers)
 
 
-async def _run_async(service: FunctionService, name: str, payload: bytes, client_context) -> None:
-    result = await service.invoke(name, payload, client_context=client_context)
-    async for _ in result.outcome.stream():
-        pass
-    await result.report
+def _client_context(header: str | None) -> str | None:
+    """``X-Amz-Client-Context``: base64 of a JSON object, passed on re-encoded as
+    compact ASCII JSON, so nothing in it can break the Runtime API's headers."""
+    if not header:
+        return None
+    if len(header) > CLIENT_CONTEXT_MAX:
+        raise ValueError(f"Client context must be at most {CLIENT_CONTEXT_MAX} bytes")
+    try:
+        value = json.loads(base64.b64decode(header, validate=True).decode())
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError("Client context must be a valid Base64-encoded JSON object")
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _accept_event(request: web.Request, name: str, payload: bytes) -> web.Response:
+    """``InvocationType: Event``: 202 once the event is recorded, 429 when the queue is full.
+    Lambda does not pass a client context to asynchronous invocations, nor does this."""
+    if len(payload) > EVENT_PAYLOAD_MAX:
+        return _aws_error(413, "RequestEntityTooLargeException",
+                          f"Request must be smaller than {EVENT_PAYLOAD_MAX} bytes for the InvokeAsync operation")
+    request_id = str(uuid.uuid4())
+    events = request.app[_EVENTS]
+    try:
+        if events is not None:
+            await events.submit(name, json.loads(payload), event_id=f"invoke/{request_id}", bounded=True)
+        else:
+            _run_in_memory(request.app, request.app[SERVICE], name, payload)
+    except QueueFull as exc:
+        return _aws_error(429, "TooManyRequestsException", f"Rate Exceeded. {exc}", {"Retry-After": "1"})
+    return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
+
+
+def _run_in_memory(app: web.Application, service: FunctionService, name: str, payload: bytes) -> None:
+    """The emulator (no data dir, no delivery store): a bounded set of background runs."""
+    background = app[_BACKGROUND]
+    if len(background) >= IN_MEMORY_EVENT_LIMIT:
+        raise QueueFull(f"{IN_MEMORY_EVENT_LIMIT} asynchronous invocations are already waiting")
+
+    async def run() -> None:
+        result = await service.invoke(name, payload)
+        async for _ in result.outcome.stream():
+            pass
+        await result.report
+    task = asyncio.create_task(run())
+    background.add(task)
+    task.add_done_callback(background.discard)
 
 
 # ---- deployments (llmfn deploy / rollback) -------------------------------------
@@ -83,28 +138,54 @@ async def deploy(request: web.Request) -> web.Response:
     """Fetch every function's bundle from S3, check them all, then switch them all."""
     if (denied := _authorized(request)) is not None:
         return denied
-    body = await request.json()
+    try:
+        body = DeployRequest.model_validate_json(await request.read())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        return _aws_error(400, "InvalidParameterValueException",
+                          f"deploy refused, nothing changed: {where}: {err['msg']}")
+    unknown = [name for name in body.functions if name not in request.app[SERVICE].functions]
+    if unknown:  # before anything is downloaded
+        return _aws_error(400, "InvalidParameterValueException",
+                          f"deploy refused, nothing changed: not in the template: {', '.join(unknown[:10])}")
     fetch = request.app[_FETCH]
-    bucket = body["bucket"]
     try:
         bundles = {}
-        for name, fn in body["functions"].items():
-            layers = [(await fetch(bucket, layer["key"]), layer["sha256"]) for layer in fn.get("layers", [])]
-            bundles[name] = StagedBundle(await fetch(bucket, fn["key"]), fn["sha256"], layers, fn.get("config", {}))
+        for name, fn in body.functions.items():
+            layers = [(await fetch(body.bucket, layer.key), layer.sha256) for layer in fn.layers]
+            bundles[name] = StagedBundle(await fetch(body.bucket, fn.key), fn.sha256, layers, fn.config)
         result = await request.app[SERVICE].deploy(bundles)
-    except (DeployError, KeyError, FileNotFoundError) as exc:
+    except (DeployError, FileNotFoundError) as exc:
         return _aws_error(400, "InvalidParameterValueException", f"deploy refused, nothing changed: {exc}")
     return web.json_response({"functions": result})
+
+
+class BundleRef(BaseModel):
+    key: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DeployedFunction(BundleRef):
+    config: dict = Field(default_factory=dict)  # checked against the template's model by the service
+    layers: list[BundleRef] = Field(default_factory=list, max_length=5)  # Lambda's limit
+
+
+class DeployRequest(BaseModel):
+    """What ``llmfn deploy`` registers: where the bundles are and each function's configuration."""
+    bucket: str = Field(min_length=1)
+    functions: dict[str, DeployedFunction]
 
 
 async def rollback(request: web.Request) -> web.Response:
     if (denied := _authorized(request)) is not None:
         return denied
-    body = await request.json() if request.can_read_body else {}
-    to = body.get("FunctionVersion")
     try:
+        body = await request.json() if request.can_read_body else {}
+        to = body.get("FunctionVersion")
         out = request.app[SERVICE].rollback(request.match_info["name"], int(to) if to else None)
-    except DeployError as exc:
+    except (DeployError, ValueError, TypeError, AttributeError) as exc:
+        # a bad body (not JSON, not an object, a version that is not a number) is a 400 too
         return _aws_error(400, "InvalidParameterValueException", str(exc))
     return web.json_response({"Name": "live", "FunctionVersion": str(out["version"])})
 
@@ -122,10 +203,11 @@ _ADMIN_KEY = web.AppKey("admin_key", str)
 
 
 def build_lambda_api(service: FunctionService, *, fetch: Fetch | None = None,
-                     admin_key: str | None = None) -> web.Application:
+                     admin_key: str | None = None, events: AsyncInvoker | None = None) -> web.Application:
     app = web.Application(client_max_size=6 * 1024 * 1024)
     app[SERVICE] = service
     app[_BACKGROUND] = set()
+    app[_EVENTS] = events
     app[_FETCH] = fetch
     app[_ADMIN_KEY] = admin_key or ""
     app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)

@@ -39,14 +39,17 @@ def _s3(url):
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def _serve(tmp_path, env, *extra):
+def _serve(tmp_path, env, *extra, function_env=None):
     project = tmp_path / "app"
     if not project.exists():
         shutil.copytree(APP, project)
+    # Functions see only what the template and --env-vars give them, never the service's environment.
+    env_vars = tmp_path / "env.json"
+    env_vars.write_text(json.dumps({"Parameters": {"TEST_CALL_LOG": str(tmp_path / "calls.log"),
+                                                   **(function_env or {})}}))
     return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
-                  "--lambda-port", "0", "--data-dir", str(tmp_path / "data"), *extra, ready="lambda api",
-                  env={"TEST_CALL_LOG": str(tmp_path / "calls.log"), "LLMFN_RETRY_DELAY_S": "0.3",
-                       "LLMFN_S3_POLL_S": "0.3", **env})
+                  "--lambda-port", "0", "--data-dir", str(tmp_path / "data"), "--env-vars", str(env_vars),
+                  *extra, ready="lambda api", env={"LLMFN_RETRY_DELAY_S": "0.3", "LLMFN_S3_POLL_S": "0.3", **env})
 
 
 def test_uploads_retries_failures_and_schedules_on_the_embedded_s3(tmp_path, model_cache):
@@ -104,7 +107,9 @@ def test_each_upload_is_delivered_once_across_a_restart(tmp_path, model_cache, s
     log = tmp_path / "calls.log"
     env = {"LLMFN_CACHE_DIR": str(model_cache)}
     s3 = _s3(s3_server)
-    server = _serve(tmp_path, env, "--s3-endpoint-url", s3_server)
+    # An external S3 gets its credentials from the operator, not from the service's own.
+    creds = {"AWS_ACCESS_KEY_ID": "function", "AWS_SECRET_ACCESS_KEY": "function-secret"}
+    server = _serve(tmp_path, env, "--s3-endpoint-url", s3_server, function_env=creds)
     try:
         server.wait_for(r"S3 trigger: s3://docs/docs/")
         s3.put_object(Bucket="docs", Key="docs/before.txt", Body=b"one")
@@ -112,7 +117,7 @@ def test_each_upload_is_delivered_once_across_a_restart(tmp_path, model_cache, s
     finally:
         assert server.stop() == 0
     s3.put_object(Bucket="docs", Key="docs/while-down.txt", Body=b"two")
-    server = _serve(tmp_path, env, "--s3-endpoint-url", s3_server)
+    server = _serve(tmp_path, env, "--s3-endpoint-url", s3_server, function_env=creds)
     try:
         s3.put_object(Bucket="docs", Key="docs/after.txt", Body=b"three")
         _wait(lambda: len([c for c in _lines(log) if c["fn"] == "process"]) >= 3)

@@ -1,0 +1,128 @@
+"""``InvocationType: Event`` on the Lambda Invoke API of ``llmfn serve``: each
+accepted event is recorded before the 202, so one accepted before a crash is
+delivered after the restart; the queue is bounded, and a full one is Lambda's
+429 ``TooManyRequestsException``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.support.cli import Server
+
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Record:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: src/, Handler: app.handler, Timeout: 30}
+"""
+
+# Appends which service ran it (its parent process): an instance orphaned by a
+# killed service may still finish, and must not count as a delivery after the restart.
+HANDLER = """
+import json, os, time
+
+def handler(event, context):
+    time.sleep(event["sleep"])
+    with open(event["log"], "a") as f:
+        f.write(json.dumps({"n": event["n"], "service": os.getppid()}) + "\\n")
+    return "ok"
+"""
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "template.yaml").write_text(TEMPLATE)
+    (tmp_path / "src" / "app.py").write_text(HANDLER)
+    return tmp_path
+
+
+def _serve(project, env):
+    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+                  "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
+
+
+def _lambda(server):
+    url = server.wait_for(r"llmfn lambda api on (http://\S+)").group(1)
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
+                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))
+
+
+def _event(client, payload: dict) -> dict:
+    return client.invoke(FunctionName="Record", InvocationType="Event", Payload=json.dumps(payload).encode())
+
+
+def _delivered(log, service_pid: int | None = None) -> list[int]:
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return sorted(r["n"] for r in lines if service_pid is None or r["service"] == service_pid)
+
+
+def _wait(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_events_accepted_before_a_crash_are_delivered_after_the_restart(project, model_cache):
+    env = {"LLMFN_CACHE_DIR": str(model_cache)}
+    log = project / "calls.log"
+    server = _serve(project, env)
+    try:
+        client = _lambda(server)
+        for n in range(3):
+            resp = _event(client, {"n": n, "sleep": 3, "log": str(log)})
+            assert resp["StatusCode"] == 202 and resp["ResponseMetadata"]["RequestId"]
+    finally:
+        os.kill(server.proc.pid, signal.SIGKILL)  # a crash: no shutdown, nothing flushed on the way out
+        server.proc.wait(30)
+    assert _delivered(log) == []  # none had finished
+
+    server = _serve(project, env)
+    try:
+        _wait(lambda: _delivered(log, server.proc.pid) == [0, 1, 2])
+        assert _delivered(log, server.proc.pid) == [0, 1, 2]  # each once by the restarted service
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_full_event_queue_is_refused_with_a_429(project, model_cache):
+    log = project / "calls.log"
+    server = _serve(project, {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_EVENT_QUEUE_LIMIT": "2"})
+    try:
+        client = _lambda(server)
+        assert _event(client, {"n": 0, "sleep": 3, "log": str(log)})["StatusCode"] == 202
+        assert _event(client, {"n": 1, "sleep": 3, "log": str(log)})["StatusCode"] == 202
+        with pytest.raises(ClientError) as err:
+            _event(client, {"n": 2, "sleep": 0, "log": str(log)})
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert err.value.response["Error"]["Code"] == "TooManyRequestsException"
+        with pytest.raises(ClientError) as err:
+            _event(client, {"n": 3, "sleep": 0, "log": str(log), "pad": "x" * 300_000})
+        assert err.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
+
+        _wait(lambda: _delivered(log) == [0, 1])
+        _wait(lambda: _try_event(client, {"n": 4, "sleep": 0, "log": str(log)}), timeout=10)  # room again
+        _wait(lambda: _delivered(log) == [0, 1, 4])
+        assert client.invoke(FunctionName="Record", Payload=json.dumps(
+            {"n": 5, "sleep": 0, "log": str(log)}).encode())["StatusCode"] == 200  # still serving
+    finally:
+        assert server.stop() == 0
+
+
+def _try_event(client, payload) -> bool:
+    try:
+        return _event(client, payload)["StatusCode"] == 202
+    except ClientError:
+        return False

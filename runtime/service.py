@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.functions import Deployments
+from runtime.gateway.state import AUTH
 from runtime.stack import Stack
 
 log = logging.getLogger("llmfn.serve")
@@ -73,7 +74,7 @@ class Service:
         host = self.stack.settings.host
         app, _ = build_http_api(self.stack.template.functions, self.stack.functions)
         self.urls["http api"] = f"http://{host}:{await self.stack.serve(app, host, self.api_port)}"
-        lam = build_lambda_api(self.stack.functions, fetch=self._fetch, admin_key=self.stack.settings.admin_key)
+        lam = build_lambda_api(self.stack.functions, self.stack.gateway[AUTH], fetch=self._fetch)
         self.urls["lambda api"] = f"http://{host}:{await self.stack.serve(lam, host, self.lambda_port)}"
 
     def _s3fs(self):

@@ -1,17 +1,24 @@
 """The Lambda Invoke API (``POST /2015-03-31/functions/{name}/invocations``), so
 ``boto3.client("lambda", endpoint_url=...).invoke(...)`` works against the
-emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``."""
+emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``.
+
+Callers authenticate like the gateway's (its ``Authenticator``): with keys
+required an invoke needs a key, as ``Authorization: Bearer KEY`` or as the
+access key id of a SigV4-signed request (boto3, the AWS CLI); deploy and
+rollback always need the admin key."""
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
+import re
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from runtime.errors import AuthenticationFailed, LlmfnError
 from runtime.functions import DeployError, FunctionService, StagedBundle
+from runtime.gateway.auth import Authenticator, bearer_token
 
 SERVICE = web.AppKey("functions", FunctionService)
 _BACKGROUND = web.AppKey("background", set)
@@ -72,17 +79,36 @@ async def _run_async(service: FunctionService, name: str, payload: bytes, client
 
 # ---- deployments (llmfn deploy / rollback) -------------------------------------
 
-def _authorized(request: web.Request) -> web.Response | None:
-    admin = request.app[_ADMIN_KEY]
-    if admin and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {admin}"):
-        return _aws_error(403, "AccessDeniedException", "Deployments need the admin key")
-    return None
+_SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def _caller_token(request: web.Request) -> str:
+    """The caller's key: a bearer token, or the access key id of a SigV4 signature."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("AWS4-HMAC-SHA256 "):
+        m = _SIGV4_ACCESS_KEY.search(header)
+        return m.group(1) if m else ""
+    return bearer_token(header)
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler):
+    auth, token = request.app[_AUTH], _caller_token(request)
+    try:
+        if request.match_info.handler in (deploy, rollback):
+            auth.authenticate_admin(token)
+        else:
+            auth.authenticate_token(token)
+    except AuthenticationFailed as err:
+        return _aws_error(err.status, "UnrecognizedClientException",
+                          f"{err.message} (a signed request carries it as its access key id)")
+    except LlmfnError as err:
+        return _aws_error(err.status, "AccessDeniedException", err.message)
+    return await handler(request)
 
 
 async def deploy(request: web.Request) -> web.Response:
     """Fetch every function's bundle from S3, check them all, then switch them all."""
-    if (denied := _authorized(request)) is not None:
-        return denied
     body = await request.json()
     fetch = request.app[_FETCH]
     bucket = body["bucket"]
@@ -98,8 +124,6 @@ async def deploy(request: web.Request) -> web.Response:
 
 
 async def rollback(request: web.Request) -> web.Response:
-    if (denied := _authorized(request)) is not None:
-        return denied
     body = await request.json() if request.can_read_body else {}
     to = body.get("FunctionVersion")
     try:
@@ -118,16 +142,16 @@ async def versions(request: web.Request) -> web.Response:
 
 Fetch = Callable[[str, str], Awaitable[bytes]]
 _FETCH = web.AppKey("fetch", object)
-_ADMIN_KEY = web.AppKey("admin_key", str)
+_AUTH = web.AppKey("auth", Authenticator)
 
 
-def build_lambda_api(service: FunctionService, *, fetch: Fetch | None = None,
-                     admin_key: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=6 * 1024 * 1024)
+def build_lambda_api(service: FunctionService, auth: Authenticator, *,
+                     fetch: Fetch | None = None) -> web.Application:
+    app = web.Application(middlewares=[_auth_middleware], client_max_size=6 * 1024 * 1024)
     app[SERVICE] = service
+    app[_AUTH] = auth
     app[_BACKGROUND] = set()
     app[_FETCH] = fetch
-    app[_ADMIN_KEY] = admin_key or ""
     app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
     app.router.add_get("/2015-03-31/functions/{name}/versions", versions)
     # UpdateAlias on the alias llmfn serves ("live") is how a rollback is said.

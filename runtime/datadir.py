@@ -4,6 +4,7 @@ user's alone (0700, its files 0600), and the admin key lives there as a file
 same machine. Nothing here prints or logs a secret's value."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from runtime.settings import GatewaySettings
 
-ADMIN_KEY_FILE = "admin.key"
+log = logging.getLogger("llmfn")
 ADMIN_KEY_PREFIX = "sk-llmfn-admin-"
 
 
@@ -45,6 +46,8 @@ def read_secret_file(path: Path, what: str) -> str:
         raise ValueError(f"{what} file {path} cannot be read ({type(exc).__name__})") from None
     if not value:
         raise ValueError(f"{what} file {path} is empty")
+    if (mode := stat.S_IMODE(Path(path).stat().st_mode)) & 0o077:
+        log.warning("%s file %s can be read by other users (mode %o): chmod 600 it", what, path, mode)
     return value
 
 

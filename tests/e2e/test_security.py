@@ -372,12 +372,16 @@ def test_secrets_come_from_files_and_reach_no_command_line(project, env, tmp_pat
     admin_file, keys_file = tmp_path / "admin.key", tmp_path / "api-keys"
     admin, static = _keep("sk-admin-from-a-file-1234"), _keep("sk-static-from-a-file-5678")
     admin_file.write_text(admin + "\n")
+    admin_file.chmod(0o600)
     keys_file.write_text(f"{static}\n")
+    keys_file.chmod(0o644)  # said, not refused
     server = _serve(project, data, env, "--admin-key-file", str(admin_file), "--api-keys-file", str(keys_file))
     try:
         gw = server.urls["gateway"]
         assert _mode(data) == 0o700 and _mode(data / "ledger.sqlite3") == 0o600
         assert not (data / "admin.key").exists()  # the configured key, not a new one
+        assert f"API keys file {keys_file} can be read by other users" in server.stderr
+        assert f"admin key file {admin_file}" not in server.stderr
         _openai_error(call(f"{gw}/v1/models", method="GET"), 401, "authentication_error")
         assert call(f"{gw}/v1/models", method="GET", headers=_bearer(static)).status == 200
         assert call(f"{gw}/admin/pools", method="GET", headers=_bearer(admin)).status == 200

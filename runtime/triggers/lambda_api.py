@@ -80,6 +80,7 @@ async def _run_async(service: FunctionService, name: str, payload: bytes, client
 # ---- deployments (llmfn deploy / rollback) -------------------------------------
 
 _SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+_CONTROL_ROUTES = frozenset({"deploy", "rollback"})  # the admin key's alone
 
 
 def _caller_token(request: web.Request) -> str:
@@ -95,7 +96,7 @@ def _caller_token(request: web.Request) -> str:
 async def _auth_middleware(request: web.Request, handler):
     auth, token = request.app[_AUTH], _caller_token(request)
     try:
-        if request.match_info.handler in (deploy, rollback):
+        if request.match_info.route.name in _CONTROL_ROUTES:
             auth.authenticate_admin(token)
         else:
             auth.authenticate_token(token)
@@ -155,7 +156,7 @@ def build_lambda_api(service: FunctionService, auth: Authenticator, *,
     app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
     app.router.add_get("/2015-03-31/functions/{name}/versions", versions)
     # UpdateAlias on the alias llmfn serves ("live") is how a rollback is said.
-    app.router.add_put("/2015-03-31/functions/{name}/aliases/live", rollback)
+    app.router.add_put("/2015-03-31/functions/{name}/aliases/live", rollback, name="rollback")
     if fetch is not None:
-        app.router.add_post("/llmfn/deployments", deploy)
+        app.router.add_post("/llmfn/deployments", deploy, name="deploy")
     return app

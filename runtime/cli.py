@@ -145,6 +145,13 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     return GatewaySettings(**given)
 
 
+def _forget_secret_env() -> None:
+    """Once the settings hold them, the secrets leave the environment that workers and
+    every other child process inherit."""
+    for field in _SECRET_FLAGS:
+        os.environ.pop(f"LLMFN_{field.upper()}", None)
+
+
 def _models(args: argparse.Namespace, settings: GatewaySettings):
     flags = args.model or [m for m in os.environ.get("LLMFN_MODEL", "").split(",") if m]
     if flags:
@@ -165,6 +172,7 @@ def serve(args: argparse.Namespace) -> int:
     from runtime.stack import Stack, load_env_vars
 
     settings = _settings(args)
+    _forget_secret_env()
     logging.getLogger().setLevel(settings.log_level.upper())
     models = _models(args, settings)
     # `--model` alone runs a plain gateway; the template's functions come with it

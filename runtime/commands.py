@@ -16,9 +16,10 @@ from runtime.stack import Stack, load_env_vars
 
 
 def _stack(args: argparse.Namespace) -> Stack:
-    from runtime.cli import _models, _settings
+    from runtime.cli import _forget_secret_env, _models, _settings
 
     settings = _settings(args)
+    _forget_secret_env()
     template = load_template(settings.template)
     # The emulators create no admin key: their control plane opens only to an existing one.
     return Stack(settings=settings, template=template, models=_models(args, settings),

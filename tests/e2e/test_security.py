@@ -385,18 +385,27 @@ def test_data_dir_and_its_files_are_the_service_users_alone(service):
     assert {"admin.key", "keys.sqlite3", "ledger.sqlite3"} <= seen
 
 
-def test_secrets_come_from_files_and_reach_no_command_line(project, env, tmp_path):
+def _environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_secrets_come_from_files_or_env_and_reach_no_command_line(project, env, tmp_path):
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     (data / "ledger.sqlite3").touch(mode=0o644)  # an older install's world-readable files
     os.chmod(data, 0o755)
     admin_file, keys_file = tmp_path / "admin.key", tmp_path / "api-keys"
     admin, static = _keep("sk-admin-from-a-file-1234"), _keep("sk-static-from-a-file-5678")
+    from_env = _keep("sk-static-from-the-env-9012")
     admin_file.write_text(admin + "\n")
     admin_file.chmod(0o600)
     keys_file.write_text(f"{static}\n")
     keys_file.chmod(0o644)  # said, not refused
-    server = _serve(project, data, env, "--admin-key-file", str(admin_file), "--api-keys-file", str(keys_file))
+    server = _serve(project, data, {**env, "LLMFN_API_KEYS": from_env},
+                    "--admin-key-file", str(admin_file), "--api-keys-file", str(keys_file))
     try:
         gw = server.urls["gateway"]
         assert _mode(data) == 0o700 and _mode(data / "ledger.sqlite3") == 0o600
@@ -404,13 +413,20 @@ def test_secrets_come_from_files_and_reach_no_command_line(project, env, tmp_pat
         assert f"API keys file {keys_file} can be read by other users" in server.stderr
         assert f"admin key file {admin_file}" not in server.stderr
         _openai_error(call(f"{gw}/v1/models", method="GET"), 401, "authentication_error")
-        assert call(f"{gw}/v1/models", method="GET", headers=_bearer(static)).status == 200
+        for key in (static, from_env):
+            assert call(f"{gw}/v1/models", method="GET", headers=_bearer(key)).status == 200
         assert call(f"{gw}/admin/pools", method="GET", headers=_bearer(admin)).status == 200
+        assert call(f"{gw}/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+                    headers=_bearer(static)).status == 200  # a worker is running
         assert call(f"{server.urls['lambda api']}/2015-03-31/functions/EchoFunction/invocations", {},
-                    headers=_bearer(static)).status == 200  # a function instance is running too
-        for pid in [server.pid, *_children(server.pid)]:
+                    headers=_bearer(static)).status == 200  # and a function instance
+        children = _children(server.pid)
+        assert any("runtime.pool.worker" in _cmdline(pid) for pid in children)
+        for pid in [server.pid, *children]:
             line = _cmdline(pid)
             assert admin not in line and static not in line and TOKEN_PREFIX not in line, (pid, line)
+        for pid in children:  # the environment the service was given is not handed down
+            assert from_env not in _environ(pid), (pid, _cmdline(pid))
         assert server.alive
     finally:
         server.stop()

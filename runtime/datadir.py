@@ -17,23 +17,23 @@ ADMIN_KEY_PREFIX = "sk-llmfn-admin-"
 
 
 def secure(data_dir: Path) -> Path:
-    """Create the data dir private, and make an existing one (and its files) private."""
+    """Create the data dir private, or make an existing one private: the dir 0700 (which closes
+    everything under it) and its entries without group or other bits (0644 -> 0600)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    for root, dirs, files in os.walk(data_dir):
-        for d in dirs:
-            _chmod(Path(root, d), 0o700)
-        for f in files:
-            _chmod(Path(root, f), 0o600)
+    for entry in data_dir.iterdir():
+        _owner_only(entry)
     return data_dir
 
 
-def _chmod(path: Path, mode: int) -> None:
+def _owner_only(path: Path) -> None:
     try:
-        if not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            os.chmod(path, mode)
+        st = path.lstat()
     except FileNotFoundError:
-        pass  # a SQLite journal that came and went
+        return  # a SQLite journal that came and went
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISLNK(st.st_mode) and mode & 0o077:
+        os.chmod(path, mode & 0o700)
 
 
 def read_secret_file(path: Path, what: str) -> str:

@@ -396,6 +396,7 @@ def test_secrets_come_from_files_or_env_and_reach_no_command_line(project, env, 
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     (data / "ledger.sqlite3").touch(mode=0o644)  # an older install's world-readable files
+    (data / "deployments").mkdir(mode=0o755)
     os.chmod(data, 0o755)
     admin_file, keys_file = tmp_path / "admin.key", tmp_path / "api-keys"
     admin, static = _keep("sk-admin-from-a-file-1234"), _keep("sk-static-from-a-file-5678")
@@ -408,7 +409,7 @@ def test_secrets_come_from_files_or_env_and_reach_no_command_line(project, env, 
                     "--admin-key-file", str(admin_file), "--api-keys-file", str(keys_file))
     try:
         gw = server.urls["gateway"]
-        assert _mode(data) == 0o700 and _mode(data / "ledger.sqlite3") == 0o600
+        assert _mode(data) == _mode(data / "deployments") == 0o700 and _mode(data / "ledger.sqlite3") == 0o600
         assert not (data / "admin.key").exists()  # the configured key, not a new one
         assert f"API keys file {keys_file} can be read by other users" in server.stderr
         assert f"admin key file {admin_file}" not in server.stderr

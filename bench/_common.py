@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -138,6 +139,7 @@ class Gateway:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = None
+    admin_key: str = field(default_factory=lambda: "sk-bench-admin-" + secrets.token_hex(16))
 
     @property
     def url(self) -> str:
@@ -157,7 +159,7 @@ class Gateway:
         self._log = tempfile.NamedTemporaryFile("w+", prefix="llmfn-bench-gateway-", suffix=".log")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env})
+                                     env={**os.environ, "LLMFN_ADMIN_KEY": self.admin_key, **self.env})
         try:
             await self._wait_healthy()
         except BaseException:
@@ -199,7 +201,8 @@ class Gateway:
         self._log.close()
 
     async def pool_status(self, http: aiohttp.ClientSession, model: str) -> dict[str, Any]:
-        async with http.get(f"{self.url}/admin/pools") as resp:
+        async with http.get(f"{self.url}/admin/pools",
+                            headers={"Authorization": f"Bearer {self.admin_key}"}) as resp:
             resp.raise_for_status()
             return (await resp.json())[model]
 

@@ -23,7 +23,9 @@ def _env_help(field: str) -> str:
 def _gateway_flags(p) -> None:
     for field, flag in (("host", "--host"), ("port", "--port"), ("template", "--template"),
                         ("cache_dir", "--cache-dir"), ("s3_endpoint_url", "--s3-endpoint-url"),
-                        ("api_keys", "--api-keys"), ("data_dir", "--data-dir"), ("admin_key", "--admin-key"),
+                        ("api_keys", "--api-keys"), ("api_keys_file", "--api-keys-file"),
+                        ("require_keys", "--require-keys"), ("data_dir", "--data-dir"),
+                        ("admin_key", "--admin-key"), ("admin_key_file", "--admin-key-file"),
                         ("redis_url", "--redis-url"), ("log_level", "--log-level")):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
@@ -33,6 +35,16 @@ def _gateway_flags(p) -> None:
         env = f"LLMFN_{name.upper()}"
         p.add_argument("--" + name.replace("_", "-"), dest="pool_" + name, default=os.environ.get(env),
                        help=f"{info.description} For --model models. [env {env}]")
+
+
+# A client of the control plane finds the admin key in this order: LLMFN_ADMIN_KEY,
+# the key file, the data dir's admin.key (on the service's machine).
+_ADMIN_KEY_FLAGS = (("admin_key", "--admin-key"), ("admin_key_file", "--admin-key-file"), ("data_dir", "--data-dir"))
+# Secrets a flag can carry, and where they belong instead: a command line is readable by every local user.
+_SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-file"),
+                 "api_keys": ("--api-keys", "LLMFN_API_KEYS or --api-keys-file")}
+# Commands that write the data dir: what they create is the service user's alone.
+_PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage"})
 
 
 def _add_commands(sub) -> None:
@@ -75,6 +87,9 @@ def _add_commands(sub) -> None:
     k.add_argument("name")
     for k in ksub.choices.values():
         k.add_argument("--data-dir", dest="data_dir", default=None, help=_env_help("data_dir"))
+        k.add_argument("--endpoint", default=None, help="Manage the keys of this running gateway through its "
+                       "/admin/keys (with the admin key) instead of the data dir's key store.")
+        k.add_argument("--admin-key-file", dest="admin_key_file", default=None, help=_env_help("admin_key_file"))
 
     p = sub.add_parser("usage", help="Usage report from the ledger.")
     who = p.add_mutually_exclusive_group()
@@ -94,7 +109,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--endpoint", default=os.environ.get("LLMFN_ENDPOINT", "http://127.0.0.1:3001"),
                    help="The running service's Lambda API. [env LLMFN_ENDPOINT]")
     for field, flag in (("template", "--template"), ("s3_endpoint_url", "--s3-endpoint-url"),
-                        ("admin_key", "--admin-key"), ("cache_dir", "--cache-dir")):
+                        ("cache_dir", "--cache-dir"), *_ADMIN_KEY_FLAGS):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
 
     p = sub.add_parser("rollback", help="Switch a function back to an earlier deployed version.")
@@ -102,7 +117,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--to", type=int, default=None, help="Version number (default: the one before).")
     p.add_argument("--endpoint", default=os.environ.get("LLMFN_ENDPOINT", "http://127.0.0.1:3001"),
                    help="The running service's Lambda API. [env LLMFN_ENDPOINT]")
-    p.add_argument("--admin-key", dest="admin_key", default=None, help=_env_help("admin_key"))
+    for field, flag in _ADMIN_KEY_FLAGS:
+        p.add_argument(flag, dest=field, default=None, help=_env_help(field))
 
     p = sub.add_parser("init", help="Create a working project from a starter.")
     p.add_argument("name", help="Folder to create.")
@@ -122,7 +138,18 @@ def _add_commands(sub) -> None:
 def _settings(args: argparse.Namespace) -> GatewaySettings:
     given = {k: v for k, v in vars(args).items()
              if k in GatewaySettings.model_fields and v is not None}
+    for field, (flag, instead) in _SECRET_FLAGS.items():
+        if field in given:
+            print(f"llmfn: warning: {flag} puts a secret on the command line, where every local user can "
+                  f"read it (ps, /proc/PID/cmdline); use {instead}", file=sys.stderr, flush=True)
     return GatewaySettings(**given)
+
+
+def _forget_secret_env() -> None:
+    """Once the settings hold them, the secrets leave the environment that workers and
+    every other child process inherit."""
+    for field in _SECRET_FLAGS:
+        os.environ.pop(f"LLMFN_{field.upper()}", None)
 
 
 def _models(args: argparse.Namespace, settings: GatewaySettings):
@@ -145,6 +172,7 @@ def serve(args: argparse.Namespace) -> int:
     from runtime.stack import Stack, load_env_vars
 
     settings = _settings(args)
+    _forget_secret_env()
     logging.getLogger().setLevel(settings.log_level.upper())
     models = _models(args, settings)
     # `--model` alone runs a plain gateway; the template's functions come with it
@@ -153,11 +181,26 @@ def serve(args: argparse.Namespace) -> int:
     template = load_template(settings.template) if use_template else Template()
     stack = Stack(settings=settings, template=template, models=models,
                   env_vars=load_env_vars(getattr(args, "env_vars", None)))
+    stack.admin_key = _admin_key_for_serve(settings)
     names = ", ".join(f"{m.name} ({m.source})" for m in models)
     print(f"llmfn models: {names}", file=sys.stderr, flush=True)
     asyncio.run(run(Service(stack, api_port=args.api_port, lambda_port=args.lambda_port,
                             s3_endpoint_url=settings.s3_endpoint_url)))
     return 0
+
+
+def _admin_key_for_serve(settings: GatewaySettings) -> str:
+    """The configured admin key, or the data dir's, created at first start; says where (never what) it is."""
+    from runtime.datadir import admin_key, secure
+
+    secure(settings.data_dir)
+    existed = settings.admin_key_path.exists()
+    key = admin_key(settings, create=True)
+    if settings.admin_key is None or not settings.admin_key.get_secret_value():
+        said = "read from" if existed else "created in"
+        print(f"llmfn admin key {said} {settings.admin_key_path} (deploy, rollback, keys and /admin/* need it)",
+              file=sys.stderr, flush=True)
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in _PRIVATE_COMMANDS:
+        os.umask(0o077)
     from runtime.commands import (deploy, generate_event, init, invoke, keys, rollback, start_api,
                                   start_lambda, usage)
     commands = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,

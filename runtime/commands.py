@@ -13,16 +13,19 @@ from typing import Any
 
 from runtime.app import load_template
 from runtime.functions.instance import caller_aws_environment
+from runtime.datadir import admin_key, secure
 from runtime.stack import Stack, load_env_vars
 
 
 def _stack(args: argparse.Namespace) -> Stack:
-    from runtime.cli import _models, _settings
+    from runtime.cli import _forget_secret_env, _models, _settings
 
     settings = _settings(args)
+    _forget_secret_env()
     template = load_template(settings.template)
+    # The emulators create no admin key: their control plane opens only to an existing one.
     return Stack(settings=settings, template=template, models=_models(args, settings),
-                 env_vars=load_env_vars(getattr(args, "env_vars", None)),
+                 env_vars=load_env_vars(getattr(args, "env_vars", None)), admin_key=admin_key(settings),
                  function_env=caller_aws_environment(os.environ))
 
 
@@ -96,12 +99,14 @@ def start_api(args: argparse.Namespace) -> int:
 
 
 def start_lambda(args: argparse.Namespace) -> int:
+    from runtime.gateway.state import AUTH
     from runtime.triggers.lambda_api import build_lambda_api
 
     stack = _stack(args)
 
     async def serve_api() -> str:
-        port = await stack.serve(build_lambda_api(stack.functions), stack.settings.host, args.lambda_port)
+        port = await stack.serve(build_lambda_api(stack.functions, stack.gateway[AUTH]),
+                                 stack.settings.host, args.lambda_port)
         return f"http://{stack.settings.host}:{port}"
 
     asyncio.run(_emulate(stack, "start-lambda", serve_api))
@@ -117,31 +122,105 @@ def generate_event(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    from runtime.accounting.keys import KeyStore
     from runtime.accounting.quotas import Limits
     from runtime.cli import _settings
 
-    store = KeyStore(_settings(args).keys_path)
+    settings = _settings(args)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if getattr(args, "models", None) else None
+    limits = Limits(*(getattr(args, k, None) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
+    manage = (_GatewayKeys(args.endpoint, _admin_key_or_fail(settings)) if args.endpoint
+              else _LocalKeys(settings.keys_path, settings.data_dir))
     if args.keys_command == "create":
-        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        secret = store.create(args.name, models=models, limits=Limits(
-            args.rpm, args.tpm, args.daily_tokens, args.monthly_tokens))
-        print(secret)
+        print(manage.create(args.name, models, limits))
         print(f"key '{args.name}' created; this is the only time its secret is shown", file=sys.stderr)
     elif args.keys_command == "list":
-        rows = [k.public() for k in store.list()]
-        print(f"{'NAME':<20} {'KEY':<16} {'MODELS':<20} {'RPM':>6} {'TPM':>8} {'DAY':>9} {'MONTH':>10}  STATUS")
-        for r in rows:
-            cells = [r["rpm"], r["tpm"], r["daily_tokens"], r["monthly_tokens"]]
-            rpm, tpm, day, month = ("-" if c is None else c for c in cells)
-            models = ",".join(r["models"]) if r["models"] is not None else "*"
-            status = "revoked" if r["revoked"] else "active"
-            print(f"{r['name']:<20} {r['hint']:<16} {models:<20} {rpm:>6} {tpm:>8} {day:>9} {month:>10}  {status}")
-    elif not store.revoke(args.name):
-        raise ValueError(f"no active key named '{args.name}'")
+        _print_keys(manage.list())
     else:
+        manage.revoke(args.name)
         print(f"key '{args.name}' revoked", file=sys.stderr)
     return 0
+
+
+def _print_keys(rows: list[dict]) -> None:
+    print(f"{'NAME':<20} {'KEY':<16} {'MODELS':<20} {'RPM':>6} {'TPM':>8} {'DAY':>9} {'MONTH':>10}  STATUS")
+    for r in rows:
+        cells = [r["rpm"], r["tpm"], r["daily_tokens"], r["monthly_tokens"]]
+        rpm, tpm, day, month = ("-" if c is None else c for c in cells)
+        models = ",".join(r["models"]) if r["models"] is not None else "*"
+        status = "revoked" if r["revoked"] else "active"
+        print(f"{r['name']:<20} {r['hint']:<16} {models:<20} {rpm:>6} {tpm:>8} {day:>9} {month:>10}  {status}")
+
+
+class _LocalKeys:
+    """The key store file itself: on the service's machine, as its user."""
+
+    def __init__(self, path: Path, data_dir: Path):
+        from runtime.accounting.keys import KeyStore
+
+        secure(data_dir)
+        self.store = KeyStore(path)
+
+    def create(self, name, models, limits) -> str:
+        return self.store.create(name, models=models, limits=limits)
+
+    def list(self) -> list[dict]:
+        return [k.public() for k in self.store.list()]
+
+    def revoke(self, name: str) -> None:
+        if not self.store.revoke(name):
+            raise ValueError(f"no active key named '{name}'")
+
+
+class _GatewayKeys:
+    """A running gateway's ``/admin/keys``, with the admin key."""
+
+    def __init__(self, endpoint: str, admin: str):
+        self.endpoint, self.admin = endpoint.rstrip("/"), admin
+
+    def create(self, name, models, limits) -> str:
+        body = {"name": name, "models": models, "rpm": limits.rpm, "tpm": limits.tpm,
+                "daily_tokens": limits.daily_tokens, "monthly_tokens": limits.monthly_tokens}
+        return self._call("POST", "/admin/keys", body)["key"]
+
+    def list(self) -> list[dict]:
+        return self._call("GET", "/admin/keys")["data"]
+
+    def revoke(self, name: str) -> None:
+        from urllib.parse import quote
+
+        self._call("DELETE", f"/admin/keys/{quote(name, safe='')}")
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        return _admin_request(f"{self.endpoint}{path}", self.admin, method, body,
+                              error=lambda d: d.get("error", {}).get("message"))
+
+
+def _admin_key_or_fail(settings) -> str:
+    key = admin_key(settings)
+    if key is None:
+        raise ValueError(f"no admin key: set LLMFN_ADMIN_KEY or --admin-key-file, or run this on the "
+                         f"service's machine as its user (it reads {settings.admin_key_path})")
+    return key
+
+
+def _admin_request(url: str, admin: str, method: str, body: dict | None, *, error) -> dict:
+    """One control-plane request; an HTTP error becomes a ValueError with the server's message."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {admin}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            detail = error(json.loads(err.read() or b"{}"))
+        except ValueError:
+            detail = None
+        raise ValueError(detail or f"{err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        raise ValueError(f"cannot reach {url}: {err.reason}") from None
 
 
 def usage(args: argparse.Namespace) -> int:
@@ -154,7 +233,9 @@ def usage(args: argparse.Namespace) -> int:
     since, until = parse_period(args.since, args.from_, args.to, time.time())
     service_type, resource = (("function", args.function) if args.function else
                               ("key", args.key) if args.key else (None, None))
-    ledger = Ledger(_settings(args).ledger_path)
+    settings = _settings(args)
+    secure(settings.data_dir)
+    ledger = Ledger(settings.ledger_path)
     try:
         report = usage_report(ledger, service_type=service_type, resource=resource, model=args.model,
                               since=since, until=until, by=args.by)
@@ -186,29 +267,21 @@ def deploy(args: argparse.Namespace) -> int:
     if not args.s3_bucket:
         raise ValueError("--s3-bucket (or LLMFN_DEPLOY_BUCKET) is required")
     settings = _settings(args)
+    admin = _admin_key_or_fail(settings)
     template = load_template(settings.template)
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings.s3_endpoint_url}
                            if settings.s3_endpoint_url else {})
     run_deploy(template, bucket=args.s3_bucket, endpoint=args.endpoint, fs=fs,
-               cache_root=settings.cache_dir / "builds", admin_key=settings.admin_key)
+               cache_root=settings.cache_dir / "builds", admin_key=admin)
     return 0
 
 
 def rollback(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
-
     from runtime.cli import _settings
 
-    admin = _settings(args).admin_key
-    body = json.dumps({"FunctionVersion": str(args.to)} if args.to else {}).encode()
-    req = urllib.request.Request(f"{args.endpoint.rstrip('/')}/2015-03-31/functions/{args.function}/aliases/live",
-                                 data=body, method="PUT", headers={"Content-Type": "application/json",
-                                 **({"Authorization": f"Bearer {admin}"} if admin else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            version = json.loads(resp.read())["FunctionVersion"]
-    except urllib.error.HTTPError as err:
-        raise ValueError(json.loads(err.read() or b"{}").get("Message", err.reason)) from None
+    admin = _admin_key_or_fail(_settings(args))
+    body = {"FunctionVersion": str(args.to)} if args.to else {}
+    url = f"{args.endpoint.rstrip('/')}/2015-03-31/functions/{args.function}/aliases/live"
+    version = _admin_request(url, admin, "PUT", body, error=lambda d: d.get("Message"))["FunctionVersion"]
     print(f"{args.function} is on version {version}", file=sys.stderr)
     return 0

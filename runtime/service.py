@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.functions import DeployError, Deployments
 from runtime.functions.deployments import BundleLimits
+from runtime.gateway.state import AUTH
 from runtime.stack import Stack
 
 log = logging.getLogger("llmfn.serve")
@@ -75,7 +76,7 @@ class Service:
         host = self.stack.settings.host
         app, _ = build_http_api(self.stack.template.functions, self.stack.functions)
         self.urls["http api"] = f"http://{host}:{await self.stack.serve(app, host, self.api_port)}"
-        lam = build_lambda_api(self.stack.functions, fetch=self._fetch, admin_key=self.stack.settings.admin_key,
+        lam = build_lambda_api(self.stack.functions, self.stack.gateway[AUTH], fetch=self._fetch,
                                events=self.events)
         self.urls["lambda api"] = f"http://{host}:{await self.stack.serve(lam, host, self.lambda_port)}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,12 +23,21 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
     template: Path = Field(Path("template.yaml"), description="SAM template with the models and functions.")
-    api_keys: str = Field("", description="Comma-separated static API keys; empty accepts any or no key.")
+    api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated static API keys (set it in the "
+                                "environment or use --api-keys-file: a command line is visible to every local user).")
+    api_keys_file: Path | None = Field(None, description="File of static API keys, one per line (or comma-separated).")
+    require_keys: bool | None = Field(None, description="Require an API key on the gateway and the Lambda API "
+                                      "(true/false). Unset: required once any key has been configured or "
+                                      "created; revoking keys never opens the gateway again.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where downloaded models are kept.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint for s3:// models (moto, MinIO, AWS).")
     data_dir: Path = Field(default_factory=default_data_dir,
-                           description="Where the usage ledger and the API keys are kept (SQLite).")
-    admin_key: str | None = Field(None, description="Key for the usage and key routes of every resource.")
+                           description="Where the usage ledger, the API keys and the admin key are kept "
+                                       "(made private: the dir 0700, its files 0600).")
+    admin_key: SecretStr | None = Field(None, description="The admin key: deploy, rollback, keys, /admin/* and "
+                                        "everyone's usage (set it in the environment or use --admin-key-file). "
+                                        "Unset: the data dir's admin.key, which serve creates at first start.")
+    admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
     # Deployed functions: what one bundle may hold, and the asynchronous (Event) invocations queued.
@@ -47,5 +56,14 @@ class GatewaySettings(BaseSettings):
     def keys_path(self) -> Path:
         return self.data_dir / "keys.sqlite3"
 
+    @property
+    def admin_key_path(self) -> Path:
+        return self.admin_key_file or self.data_dir / "admin.key"
+
     def key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        from runtime.datadir import read_secret_file
+
+        text = self.api_keys.get_secret_value()
+        if self.api_keys_file is not None:
+            text += "," + read_secret_file(self.api_keys_file, "API keys").replace("\n", ",")
+        return frozenset(k.strip() for k in text.split(",") if k.strip())

@@ -10,6 +10,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from runtime import datadir
 from runtime.app import Template
 from runtime.accounting.quotas import Limits
 from runtime.app.models import ModelConfig
@@ -22,11 +23,11 @@ from runtime.settings import GatewaySettings
 
 
 def gateway_config(settings: GatewaySettings, models: list[ModelConfig],
-                   template: Template | None = None) -> GatewayConfig:
+                   template: Template | None = None, admin_key: str | None = None) -> GatewayConfig:
     return GatewayConfig(
         models=models, store=ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url),
-        api_keys=settings.key_set(), admin_key=settings.admin_key, ledger_path=settings.ledger_path,
-        keys_path=settings.keys_path, redis_url=settings.redis_url,
+        api_keys=settings.key_set(), admin_key=admin_key, require_keys=settings.require_keys,
+        ledger_path=settings.ledger_path, keys_path=settings.keys_path, redis_url=settings.redis_url,
         function_quotas=function_quotas(template) if template else {})
 
 
@@ -59,6 +60,7 @@ class Stack:
     models: list[ModelConfig]
     env_vars: dict[str, dict[str, str]] = field(default_factory=dict)
     log: Callable[[str, str], None] = stderr_log
+    admin_key: str | None = None  # None: the control plane refuses everyone
     gateway_url: str = ""
     deployments: Deployments | None = None
     function_env: dict[str, str] = field(default_factory=dict)  # for every function (S3 endpoint...)
@@ -67,7 +69,9 @@ class Stack:
     _runners: list[web.AppRunner] = field(default_factory=list)
 
     async def start(self) -> None:
-        gateway = self.gateway = build_app(gateway_config(self.settings, self.models, self.template))
+        datadir.secure(self.settings.data_dir)
+        gateway = self.gateway = build_app(gateway_config(self.settings, self.models, self.template,
+                                                          self.admin_key))
         port = await self.serve(gateway, self.settings.host, self.settings.port)
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.gateway_url = f"http://{host}:{port}"

@@ -1,10 +1,12 @@
 """API keys: created once (the secret is shown once, only its SHA-256 is kept),
-listed, revoked. Stored in SQLite; the gateway keeps an in-memory copy that it
+listed, revoked; a name is short, of a safe charset, and never one the gateway
+gives callers itself (``anonymous``, ``admin``, the static keys' ``key-N``). Stored in SQLite; the gateway keeps an in-memory copy that it
 refreshes off the event loop, so a lookup never touches the disk."""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -15,6 +17,22 @@ from pathlib import Path
 from runtime.accounting.quotas import Limits
 
 KEY_PREFIX = "sk-llmfn-"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Names the gateway gives callers itself: a stored key with one would be mistaken
+# for them in the ledger and in usage reports.
+RESERVED_NAMES = frozenset({"anonymous", "admin"})
+STATIC_NAME = re.compile(r"key-\d+")
+
+
+def check_key_name(name: object) -> str:
+    """The name, or a ValueError saying what a key name may be."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError("a key name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+                         "or a digit")
+    if name.lower() in RESERVED_NAMES or STATIC_NAME.fullmatch(name.lower()):
+        raise ValueError(f"the key name '{name}' is reserved (anonymous, admin and key-N name the "
+                         "gateway's own callers)")
+    return name
 
 
 def key_hash(secret: str) -> str:
@@ -41,7 +59,7 @@ class KeyRecord:
 class KeyStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
         with self._connect() as db:
             db.execute("""CREATE TABLE IF NOT EXISTS api_keys (
@@ -58,6 +76,7 @@ class KeyStore:
 
     def create(self, name: str, *, models: list[str] | None = None, limits: Limits = Limits()) -> str:
         """A new key; the secret is returned once and never stored."""
+        check_key_name(name)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._lock, self._connect() as db:
             try:
@@ -94,6 +113,11 @@ class KeyStore:
     @property
     def enabled(self) -> bool:
         return bool(self._by_hash)
+
+    @property
+    def ever_had_keys(self) -> bool:
+        """A key was created here, revoked or not: from then on keys stay required."""
+        return bool(self._by_hash or self._revoked)
 
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(key_hash(secret))

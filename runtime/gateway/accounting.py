@@ -8,15 +8,16 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
 
-from runtime.accounting.keys import KeyStore
+from runtime.accounting.keys import KeyStore, check_key_name
 from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
 from runtime.accounting.reports import parse_period, usage_report
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
 from runtime.gateway.calls import CallRecord
-from runtime.gateway.state import AUTH
+from runtime.gateway.errors import parse_body
 
 
 @dataclass
@@ -84,7 +85,7 @@ async def usage(request: web.Request) -> web.Response:
     q = request.query
     principal = principal_of(request)
     service_type, resource = q.get("service_type") or None, q.get("resource") or None
-    if not principal.reads_all_usage and not (principal.kind == "anonymous" and not _keys_in_use(request)):
+    if not principal.reads_all_usage:  # everyone's usage is the admin's (and allowed functions')
         own_type, own = subject_of(principal)
         if (resource and resource != own) or (service_type and service_type != own_type):
             raise PermissionDenied("A key or an invocation token can only read its own usage")
@@ -101,10 +102,6 @@ async def usage(request: web.Request) -> web.Response:
         acct.ledger, service_type=service_type, resource=resource, model=q.get("model") or None,
         since=since, until=until, by=by))
     return web.json_response(report)
-
-
-def _keys_in_use(request: web.Request) -> bool:
-    return request.app[AUTH].keys_in_use
 
 
 async def invocation_quota(request: web.Request) -> web.Response:
@@ -132,25 +129,45 @@ async def list_keys(request: web.Request) -> web.Response:
     return web.json_response({"data": [r.public() for r in records]})
 
 
+_LIMIT = Field(None, ge=0, le=10**15)
+
+
+class KeyRequest(BaseModel):
+    """``POST /admin/keys``: a new key's name, models and limits."""
+    name: str
+    models: list[str] | None = None
+    rpm: int | None = _LIMIT
+    tpm: int | None = _LIMIT
+    daily_tokens: int | None = _LIMIT
+    monthly_tokens: int | None = _LIMIT
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_key_name(name)
+
+
 async def create_key(request: web.Request) -> web.Response:
     _require_admin(request)
     store = request.app[ACCOUNTING].book.keys
-    body = await request.json()
-    limits = Limits(*(body.get(k) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
+    if store is None:
+        raise NotFound("No key store is configured on this gateway")
+    body = await parse_body(request, KeyRequest)
+    limits = Limits(body.rpm, body.tpm, body.daily_tokens, body.monthly_tokens)
     loop = asyncio.get_running_loop()
     try:
         secret = await loop.run_in_executor(None, lambda: store.create(
-            body["name"], models=body.get("models"), limits=limits))
-    except (KeyError, ValueError) as exc:
+            body.name, models=body.models, limits=limits))
+    except ValueError as exc:
         raise InvalidRequest(f"cannot create the key: {exc}", param="name") from None
-    return web.json_response({"name": body["name"], "key": secret}, status=201)
+    return web.json_response({"name": body.name, "key": secret}, status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     _require_admin(request)
     store = request.app[ACCOUNTING].book.keys
     loop = asyncio.get_running_loop()
-    if not await loop.run_in_executor(None, store.revoke, request.match_info["name"]):
+    if store is None or not await loop.run_in_executor(None, store.revoke, request.match_info["name"]):
         raise NotFound(f"No active key named '{request.match_info['name']}'")
     return web.json_response({"name": request.match_info["name"], "revoked": True})
 

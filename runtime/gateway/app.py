@@ -32,7 +32,8 @@ class GatewayConfig:
     models: list[ModelConfig]
     store: ModelStore
     api_keys: frozenset[str] = field(default_factory=frozenset)
-    admin_key: str | None = None
+    admin_key: str | None = None  # None: the control plane (/admin/*) refuses everyone
+    require_keys: bool | None = None  # None: once any key has been configured or created
     ledger_path: Path | None = None  # None: no ledger (no usage reports, budgets start at zero)
     keys_path: Path | None = None  # None: static keys only
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
@@ -160,7 +161,8 @@ def _accounting(config: GatewayConfig, keys: KeyStore | None) -> Accounting:
 def build_app(config: GatewayConfig) -> web.Application:
     invocations = InvocationTokens()
     keys = KeyStore(config.keys_path) if config.keys_path else None
-    auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key)
+    auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key,
+                         require_keys=config.require_keys)
     app = web.Application(middlewares=[errors_middleware, auth_middleware(auth), failed_calls_middleware],
                           client_max_size=32 * 1024 * 1024)
     metrics = Metrics()

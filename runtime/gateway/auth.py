@@ -2,8 +2,11 @@
 
 - Invocation tokens (``llmfn-inv-...``), issued by the function runtime for one
   invocation: one function, its allowed models, valid until the invocation ends.
-- API keys in ``Authorization: Bearer``. With no key configured the gateway is a
-  private endpoint and accepts any or no key.
+- API keys in ``Authorization: Bearer``. Keys are required once any key has been
+  configured or created (or when ``require_keys`` says so); until then the
+  gateway is a private endpoint and accepts any or no key.
+- The admin key, which the control plane (``/admin/*``, everyone's usage,
+  deploy and rollback on the Lambda API) always needs.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from runtime.accounting.keys import KeyStore
 from runtime.accounting.page import PUBLIC_PATHS as PAGE_PATHS
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS
+ADMIN_PREFIX = "/admin/"  # every route under it is the control plane
 TOKEN_PREFIX = "llmfn-inv-"
 
 
@@ -125,41 +129,69 @@ class InvocationTokens:
 
 class Authenticator:
     """Invocation tokens, the admin key, keys from the key store and static keys.
-    With no key configured (the admin key aside) any caller is accepted."""
+    Keys are required when ``require_keys`` says so or, unset, once any key has
+    been configured or created: revoking every key does not open the gateway."""
 
     def __init__(self, keys: StaticKeys, invocations: InvocationTokens, *,
-                 store: KeyStore | None = None, admin_key: str | None = None):
+                 store: KeyStore | None = None, admin_key: str | None = None,
+                 require_keys: bool | None = None):
         self.keys, self.invocations, self.store = keys, invocations, store
         self._admin = _digest(admin_key) if admin_key else None
+        self.require_keys = require_keys
 
     @property
-    def keys_in_use(self) -> bool:
-        return self.keys.enabled or (self.store is not None and self.store.enabled)
+    def keys_required(self) -> bool:
+        if self.require_keys is not None:
+            return self.require_keys
+        return self.keys.enabled or (self.store is not None and self.store.ever_had_keys)
 
     def authenticate(self, request: web.Request) -> Principal:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
+        return self.authenticate_token(bearer_token(request.headers.get("Authorization", "")))
+
+    def authenticate_token(self, token: str) -> Principal:
+        # No key is non-ASCII: such a token is never hashed, only refused (or ignored).
+        principal = self._known(token) if token.isascii() else None
+        if principal is not None:
+            return principal
+        if not self.keys_required:
+            return ANONYMOUS
+        if not token:
+            raise AuthenticationFailed("You didn't provide an API key. Provide it in the "
+                                       "Authorization header as 'Bearer YOUR_KEY'.", code="missing_api_key")
+        raise AuthenticationFailed("Incorrect API key provided.")
+
+    def _known(self, token: str) -> Principal | None:
+        if not token:
+            return None
         if token.startswith(TOKEN_PREFIX):
             return self.invocations.lookup(token)
-        if token and self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):
+        if self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):
             return Principal("admin", "admin", reads_all_usage=True)
-        if token and self.store is not None:
+        if self.store is not None:
             record = self.store.lookup(token)
             if record is not None:
                 return Principal("key", record.name, models=frozenset(record.models)
                                  if record.models is not None else None)
             if self.store.is_revoked(token):
                 raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
-        if not self.keys_in_use:
-            return ANONYMOUS
+        return self.keys.lookup(token)
+
+    def authenticate_admin(self, token: str) -> Principal:
+        """The control plane: the admin key, whether or not keys are required."""
+        principal = self.authenticate_token(token)
+        if principal.kind == "admin":
+            return principal
+        if principal.kind != "anonymous":
+            raise PermissionDenied("This action needs the admin key.", code="admin_key_required")
         if not token:
-            raise AuthenticationFailed("You didn't provide an API key. Provide it in the "
-                                       "Authorization header as 'Bearer YOUR_KEY'.", code="missing_api_key")
-        principal = self.keys.lookup(token)
-        if principal is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
-        return principal
+            raise AuthenticationFailed("This action needs the admin key. Provide it in the Authorization "
+                                       "header as 'Bearer ADMIN_KEY'.", code="missing_api_key")
+        raise AuthenticationFailed("Incorrect admin key provided.")
+
+
+def bearer_token(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -172,7 +204,16 @@ def principal_of(request: web.Request) -> Principal:
 def auth_middleware(auth: Authenticator):
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
+        if _is_admin_route(request):
+            request[PRINCIPAL] = auth.authenticate_admin(bearer_token(request.headers.get("Authorization", "")))
+        elif request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
             request[PRINCIPAL] = auth.authenticate(request)
         return await handler(request)
     return middleware
+
+
+def _is_admin_route(request: web.Request) -> bool:
+    # The matched route as well as the raw path, so no spelling of a path reaches an admin handler.
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else ""
+    return request.path.startswith(ADMIN_PREFIX) or canonical.startswith(ADMIN_PREFIX)

@@ -2,21 +2,28 @@
 ``boto3.client("lambda", endpoint_url=...).invoke(...)`` works against the
 emulator, with ``FunctionError`` on handler errors and ``LogType: Tail``.
 ``Event`` invocations are handed to the asynchronous invoker (durable, bounded);
-a client context is checked here, before it can reach an instance."""
+a client context is checked here, before it can reach an instance.
+
+Callers authenticate like the gateway's (its ``Authenticator``): with keys
+required an invoke needs a key, as ``Authorization: Bearer KEY`` or as the
+access key id of a SigV4-signed request (boto3, the AWS CLI); deploy and
+rollback always need the admin key."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import hmac
 import json
+import re
 import uuid
 from typing import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from runtime.errors import AuthenticationFailed, LlmfnError
 from runtime.functions import DeployError, FunctionService, StagedBundle
+from runtime.gateway.auth import Authenticator, bearer_token
 from runtime.triggers.asyncinvoke import AsyncInvoker, QueueFull
 
 SERVICE = web.AppKey("functions", FunctionService)
@@ -127,17 +134,37 @@ def _run_in_memory(app: web.Application, service: FunctionService, name: str, pa
 
 # ---- deployments (llmfn deploy / rollback) -------------------------------------
 
-def _authorized(request: web.Request) -> web.Response | None:
-    admin = request.app[_ADMIN_KEY]
-    if admin and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {admin}"):
-        return _aws_error(403, "AccessDeniedException", "Deployments need the admin key")
-    return None
+_SIGV4_ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+_CONTROL_ROUTES = frozenset({"deploy", "rollback"})  # the admin key's alone
+
+
+def _caller_token(request: web.Request) -> str:
+    """The caller's key: a bearer token, or the access key id of a SigV4 signature."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("AWS4-HMAC-SHA256 "):
+        m = _SIGV4_ACCESS_KEY.search(header)
+        return m.group(1) if m else ""
+    return bearer_token(header)
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler):
+    auth, token = request.app[_AUTH], _caller_token(request)
+    try:
+        if request.match_info.route.name in _CONTROL_ROUTES:
+            auth.authenticate_admin(token)
+        else:
+            auth.authenticate_token(token)
+    except AuthenticationFailed as err:
+        return _aws_error(err.status, "UnrecognizedClientException",
+                          f"{err.message} (a signed request carries it as its access key id)")
+    except LlmfnError as err:
+        return _aws_error(err.status, "AccessDeniedException", err.message)
+    return await handler(request)
 
 
 async def deploy(request: web.Request) -> web.Response:
     """Fetch every function's bundle from S3, check them all, then switch them all."""
-    if (denied := _authorized(request)) is not None:
-        return denied
     try:
         body = DeployRequest.model_validate_json(await request.read())
     except ValidationError as exc:
@@ -178,8 +205,6 @@ class DeployRequest(BaseModel):
 
 
 async def rollback(request: web.Request) -> web.Response:
-    if (denied := _authorized(request)) is not None:
-        return denied
     try:
         body = await request.json() if request.can_read_body else {}
         to = body.get("FunctionVersion")
@@ -199,21 +224,21 @@ async def versions(request: web.Request) -> web.Response:
 
 Fetch = Callable[[str, str], Awaitable[bytes]]
 _FETCH = web.AppKey("fetch", object)
-_ADMIN_KEY = web.AppKey("admin_key", str)
+_AUTH = web.AppKey("auth", Authenticator)
 
 
-def build_lambda_api(service: FunctionService, *, fetch: Fetch | None = None,
-                     admin_key: str | None = None, events: AsyncInvoker | None = None) -> web.Application:
-    app = web.Application(client_max_size=6 * 1024 * 1024)
+def build_lambda_api(service: FunctionService, auth: Authenticator, *, fetch: Fetch | None = None,
+                     events: AsyncInvoker | None = None) -> web.Application:
+    app = web.Application(middlewares=[_auth_middleware], client_max_size=6 * 1024 * 1024)
     app[SERVICE] = service
+    app[_AUTH] = auth
     app[_BACKGROUND] = set()
     app[_EVENTS] = events
     app[_FETCH] = fetch
-    app[_ADMIN_KEY] = admin_key or ""
     app.router.add_post("/2015-03-31/functions/{name}/invocations", invoke)
     app.router.add_get("/2015-03-31/functions/{name}/versions", versions)
     # UpdateAlias on the alias llmfn serves ("live") is how a rollback is said.
-    app.router.add_put("/2015-03-31/functions/{name}/aliases/live", rollback)
+    app.router.add_put("/2015-03-31/functions/{name}/aliases/live", rollback, name="rollback")
     if fetch is not None:
-        app.router.add_post("/llmfn/deployments", deploy)
+        app.router.add_post("/llmfn/deployments", deploy, name="deploy")
     return app

@@ -127,8 +127,8 @@ def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
 
 def test_usage_page_in_headless_chromium_shows_the_cli_numbers(env, tmp_path):
     chromium = _need("chromium")
-    gw = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "512", "--admin-key", "adm",
-                ready="gateway", env=env)
+    gw = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "512", ready="gateway",
+                env={**env, "LLMFN_ADMIN_KEY": "adm"})
     try:
         for prompt in ("Hello", "One two three", "The sky is"):
             assert call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": 4}).status == 200

@@ -66,7 +66,8 @@ def _invoke(client, event=None):
 
 
 def test_deploy_swaps_versions_without_dropping_in_flight_work(project, model_cache):
-    env = {"LLMFN_CACHE_DIR": str(model_cache)}
+    # The CLI finds the admin key that serve created in the data dir, as on the service's machine.
+    env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(project / "data")}
     server = _serve(project, env)
     try:
         lambda_url, s3_url = _url(server, "lambda api"), _url(server, "embedded S3")

@@ -16,8 +16,12 @@ from runtime.gateway import GatewayConfig, build_app
 from runtime.pool import ModelStore
 
 
+ADMIN_KEY = "sk-test-admin"
+
+
 class GatewayThread:
     def __init__(self, models: list[ModelConfig], store: ModelStore, api_keys=frozenset(), **config):
+        config.setdefault("admin_key", ADMIN_KEY)  # /admin/pools needs it, like every admin route
         self.config = GatewayConfig(models=models, store=store, api_keys=frozenset(api_keys), **config)
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -54,7 +58,8 @@ class GatewayThread:
         return f"http://127.0.0.1:{self.port}"
 
     def pool_status(self, model: str) -> dict[str, Any]:
-        return call(f"{self.url}/admin/pools", method="GET").json()[model]
+        return call(f"{self.url}/admin/pools", method="GET",
+                    headers={"Authorization": f"Bearer {self.config.admin_key}"}).json()[model]
 
 
 def model(name: str = "gemma3-270m", source: str = "embedded", **pool: Any) -> ModelConfig:

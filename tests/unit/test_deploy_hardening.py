@@ -184,6 +184,13 @@ class NoInstances:
         raise AssertionError("a refused request reached the function")
 
 
+def _open_auth():
+    """No keys configured: the emulator's default, where invokes need none."""
+    from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys
+
+    return Authenticator(StaticKeys(frozenset()), InvocationTokens())
+
+
 @pytest.mark.parametrize("headers, status, error", [
     ({"X-Amz-Invocation-Type": "Sometimes"}, 400, "InvalidParameterValueException"),
     ({"X-Amz-Client-Context": "bm90IGpzb24NCkEtQjogMQ=="}, 400, "InvalidRequestContentException"),
@@ -194,7 +201,7 @@ class NoInstances:
 async def test_the_invoke_api_refuses_bad_headers_before_invoking(aiohttp_client, headers, status, error):
     from runtime.triggers.lambda_api import build_lambda_api
 
-    client = await aiohttp_client(build_lambda_api(NoInstances()))
+    client = await aiohttp_client(build_lambda_api(NoInstances(), _open_auth()))
     resp = await client.post("/2015-03-31/functions/Fn/invocations", data=b"{}", headers=headers)
     assert resp.status == status and (await resp.json())["__type"] == error
 
@@ -207,7 +214,7 @@ async def test_the_emulators_event_queue_is_bounded(aiohttp_client, monkeypatch)
             await asyncio.sleep(30)  # still running when the third event arrives
 
     monkeypatch.setattr(lambda_api, "IN_MEMORY_EVENT_LIMIT", 2)
-    client = await aiohttp_client(lambda_api.build_lambda_api(Slow()))
+    client = await aiohttp_client(lambda_api.build_lambda_api(Slow(), _open_auth()))
     statuses = [(await client.post("/2015-03-31/functions/Fn/invocations", data=b"{}",
                                    headers={"X-Amz-Invocation-Type": "Event"})).status for _ in range(3)]
     assert statuses == [202, 202, 429]

@@ -36,7 +36,9 @@ class FunctionInstance:
                  version: int = 1):
         self.spec = spec
         self.version = version
-        self.id = uuid.uuid4().hex[:12]
+        # 128 random bits: the instance's Runtime API path is its capability (only the
+        # instance's own environment holds it), so no other local process can take its events.
+        self.id = uuid.uuid4().hex
         self.runtime_api = runtime_api
         self.gateway_url = gateway_url
         self.log = log

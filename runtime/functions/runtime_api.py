@@ -1,6 +1,8 @@
 """The AWS Lambda Runtime API, served to function instances.
 
-Each instance reaches it at ``AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT/i/<id>`` and
+Each instance reaches it at ``AWS_LAMBDA_RUNTIME_API=127.0.0.1:PORT/i/<id>``, the
+id 128 random bits that only the instance's environment holds (a path for any other
+id is a 404, so another local process cannot take an instance's invocations), and
 speaks the real protocol (``/2018-06-01/runtime/invocation/next``, ``.../response``,
 ``.../error``, ``/init/error``), so any Lambda runtime client works. Responses
 may stream (``Lambda-Runtime-Function-Response-Mode: streaming``). Two extra

@@ -167,6 +167,19 @@ async def test_an_instance_environment_is_an_allowlist(monkeypatch):
     assert env["PATH"] and env["_HANDLER"] == "app.handler" and env["AWS_LAMBDA_FUNCTION_NAME"] == "Fn"
 
 
+async def test_only_an_instance_knows_its_runtime_api_path(aiohttp_client):
+    from runtime.functions.runtime_api import INSTANCES, build_runtime_api
+
+    inst = FunctionInstance(BASE, runtime_api="127.0.0.1:1", gateway_url="http://127.0.0.1:2", log=lambda *_: None)
+    assert len(inst.id) == 32 and inst.environment()["AWS_LAMBDA_RUNTIME_API"].endswith(f"/i/{inst.id}")
+    app = build_runtime_api()
+    app[INSTANCES][inst.id] = inst
+    client = await aiohttp_client(app)
+    for guess in (inst.id[:12], "0" * 32, "../" + inst.id):
+        resp = await client.get(f"/i/{guess}/2018-06-01/runtime/invocation/next")
+        assert resp.status == 404
+
+
 def test_the_emulator_hands_on_only_the_callers_aws_credentials_and_endpoints():
     env = {**SECRETS, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "HOME": "/home/me"}
     assert caller_aws_environment(env) == {

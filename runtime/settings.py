@@ -31,6 +31,10 @@ class GatewaySettings(BaseSettings):
     admin_key: str | None = Field(None, description="Key for the usage and key routes of every resource.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                description="Largest request body the gateway reads (bytes); larger is a 413.")
+    max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")
+    max_tools: int = Field(128, ge=1, description="Most tools in one chat request.")
 
     @property
     def ledger_path(self) -> Path:

@@ -15,6 +15,8 @@ from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
 from runtime.accounting.reports import parse_period, usage_report
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
+from runtime.gateway.errors import parse_body
+from runtime.gateway.schemas import KeyCreateRequest
 from runtime.gateway.calls import CallRecord
 from runtime.gateway.state import AUTH
 
@@ -89,6 +91,8 @@ async def usage(request: web.Request) -> web.Response:
         if (resource and resource != own) or (service_type and service_type != own_type):
             raise PermissionDenied("A key or an invocation token can only read its own usage")
         service_type, resource = own_type, own
+    if service_type not in (None, "function", "key"):
+        raise InvalidRequest("service_type must be function or key", param="service_type")
     by = q.get("by", "day")
     if by not in ("day", "model", "resource"):
         raise InvalidRequest("by must be day, model or resource", param="by")
@@ -135,15 +139,15 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     _require_admin(request)
     store = request.app[ACCOUNTING].book.keys
-    body = await request.json()
-    limits = Limits(*(body.get(k) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
+    body = await parse_body(request, KeyCreateRequest)
+    limits = Limits(body.rpm, body.tpm, body.daily_tokens, body.monthly_tokens)
     loop = asyncio.get_running_loop()
     try:
         secret = await loop.run_in_executor(None, lambda: store.create(
-            body["name"], models=body.get("models"), limits=limits))
+            body.name, models=body.models, limits=limits))
     except (KeyError, ValueError) as exc:
         raise InvalidRequest(f"cannot create the key: {exc}", param="name") from None
-    return web.json_response({"name": body["name"], "key": secret}, status=201)
+    return web.json_response({"name": body.name, "key": secret}, status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -140,6 +140,10 @@ class Authenticator:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token.isascii():  # no key is, and such a header may not even encode: no match
+            if self.keys_in_use:
+                raise AuthenticationFailed("Incorrect API key provided.")
+            token = ""
         if token.startswith(TOKEN_PREFIX):
             return self.invocations.lookup(token)
         if token and self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):

@@ -36,7 +36,7 @@ class SamplingParams(_Request):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # int64, as OpenAI's; llama.cpp's uint32 too
     logit_bias: dict[int, float] | None = None
     ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
     stream: bool = False
@@ -220,6 +220,19 @@ class RerankRequest(_Request):
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+_COUNT = Field(None, ge=0, lt=2**63)  # stored in SQLite's 64-bit integers
+
+
+class KeyCreateRequest(_Request):
+    """``POST /admin/keys``: a named key, optionally limited to models and budgets."""
+    name: str = Field(min_length=1, max_length=128)
+    models: list[str] | None = None
+    rpm: int | None = _COUNT
+    tpm: int | None = _COUNT
+    daily_tokens: int | None = _COUNT
+    monthly_tokens: int | None = _COUNT
 
 
 # ---- responses -----------------------------------------------------------

@@ -11,18 +11,24 @@ import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import cachetools
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from runtime.errors import InvalidRequest
+
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
 
-# Short texts tokenize in microseconds: inline. Long ones go to a thread, so a
-# large document never holds up the event loop.
-INLINE_CHARS = 8192
+# Small work (a short text, a small body) takes microseconds: inline. Anything
+# larger goes to a thread, so a large document or body never holds up the event
+# loop. The size is in characters or bytes, never a count of parts: 100,000 empty
+# messages are a large body.
+INLINE_SIZE = 8192
 CACHED_CHARS, CACHED_PROMPTS = 8192, 2048
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+T = TypeVar("T")
 
 # Base models ship no chat template: a plain transcript they can continue.
 _FALLBACK_TEMPLATE = (
@@ -46,6 +52,7 @@ class ModelTokenizer:
         self._metadata = _read_metadata(self._model)
         self._template_override = chat_template
         self._lock = threading.Lock()  # a llama vocab is not documented as thread-safe
+        self._cache_lock = threading.Lock()  # encode runs inline and on the thread
         self._cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=CACHED_PROMPTS)
         self.n_ctx_train = int(self.metadata.get(
             f"{self.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
@@ -84,9 +91,12 @@ class ModelTokenizer:
         if len(text) > CACHED_CHARS:
             return self._encode(text, add_bos, special)
         key = (text, add_bos, special)
-        tokens = self._cache.get(key)
+        with self._cache_lock:
+            tokens = self._cache.get(key)
         if tokens is None:
-            tokens = self._cache[key] = self._encode(text, add_bos, special)
+            tokens = self._encode(text, add_bos, special)
+            with self._cache_lock:
+                self._cache[key] = tokens
         return list(tokens)
 
     def _encode(self, text: str, add_bos: bool, special: bool) -> list[int]:
@@ -105,7 +115,17 @@ class ModelTokenizer:
                 raise ValueError("the text could not be tokenized")
             return buf[:n]
 
-    def decode(self, tokens: list[int]) -> str:
+    def check_ids(self, tokens: list[int], param: str) -> None:
+        """Every id in the vocabulary, or a 400 naming the first that is not:
+        llama.cpp aborts the whole process on an id out of range."""
+        n_vocab = self.n_vocab
+        for tok in tokens:
+            if not isinstance(tok, int) or not 0 <= tok < n_vocab:
+                raise InvalidRequest(f"token id {tok} is out of range (the vocabulary has {n_vocab} "
+                                     "tokens)", param=param, code="invalid_token_id")
+
+    def decode(self, tokens: list[int], param: str = "prompt") -> str:
+        self.check_ids(tokens, param)
         with self._lock:
             return b"".join(_piece(self._vocab, t) for t in tokens).decode("utf-8", errors="replace")
 
@@ -118,13 +138,16 @@ class ModelTokenizer:
         result = self._chat(messages=messages, tools=tools)
         return self.encode(result.prompt, add_bos=not result.added_special, special=True)
 
-    async def aencode(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
-        call = functools.partial(self.encode, text, add_bos=add_bos, special=special)
-        return await _run(call, len(text))
+    async def aencode_all(self, texts: list[str], *, add_bos: bool = True,
+                          special: bool = False) -> list[list[int]]:
+        """Token ids of each text, in one hop: many short texts are a large input too."""
+        call = lambda: [self.encode(t, add_bos=add_bos, special=special) for t in texts]  # noqa: E731
+        return await offload(call, sum(len(t) for t in texts))
 
-    async def arender_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        size = sum(len(str(m.get("content") or "")) for m in messages)
-        return await _run(functools.partial(self.render_chat, messages, tools), size)
+    async def arender_chat(self, messages: list[dict], tools: list[dict] | None = None, *,
+                           size: int) -> list[int]:
+        """``size``: the request's size in bytes, which decides where it is rendered."""
+        return await offload(functools.partial(self.render_chat, messages, tools), size)
 
 
 def _read_metadata(model) -> dict[str, str]:
@@ -153,7 +176,9 @@ def _piece(vocab, token: int) -> bytes:
     return buf.raw[:n]
 
 
-async def _run(call, size: int):
-    if size <= INLINE_CHARS:
+async def offload(call: Callable[[], T], size: int) -> T:
+    """``call()``, inline when ``size`` (characters or bytes) is small, else on the
+    tokenizer thread."""
+    if size <= INLINE_SIZE:
         return call()
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, call)

@@ -26,7 +26,7 @@ def _gateway_flags(p) -> None:
                         ("api_keys", "--api-keys"), ("data_dir", "--data-dir"), ("admin_key", "--admin-key"),
                         ("redis_url", "--redis-url"), ("log_level", "--log-level"),
                         ("max_body_bytes", "--max-body-bytes"), ("max_messages", "--max-messages"),
-                        ("max_tools", "--max-tools")):
+                        ("max_tools", "--max-tools"), ("max_tools_bytes", "--max-tools-bytes")):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
                    help="Serve this model (s3://bucket/key.gguf, a path, or 'embedded'); "

@@ -35,6 +35,8 @@ class GatewaySettings(BaseSettings):
                                 description="Largest request body the gateway reads (bytes); larger is a 413.")
     max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")
     max_tools: int = Field(128, ge=1, description="Most tools in one chat request.")
+    max_tools_bytes: int = Field(256 * 1024, ge=1024,
+                                 description="Largest size of a chat request's tool definitions (JSON bytes).")
 
     @property
     def ledger_path(self) -> Path:

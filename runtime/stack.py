@@ -29,7 +29,8 @@ def gateway_config(settings: GatewaySettings, models: list[ModelConfig],
         api_keys=settings.key_set(), admin_key=settings.admin_key, ledger_path=settings.ledger_path,
         keys_path=settings.keys_path, redis_url=settings.redis_url,
         function_quotas=function_quotas(template) if template else {},
-        limits=InputLimits(settings.max_body_bytes, settings.max_messages, settings.max_tools))
+        limits=InputLimits(settings.max_body_bytes, settings.max_messages, settings.max_tools,
+                           settings.max_tools_bytes))
 
 
 def function_quotas(template: Template) -> dict[str, dict[str, Limits]]:

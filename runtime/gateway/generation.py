@@ -19,7 +19,7 @@ from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
 from runtime.gateway.accounting import ACCOUNTING
 from runtime.gateway.calls import CallMeter
-from runtime.gateway.errors import BODY_BYTES, REQUEST_ID, parse_body
+from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
 from runtime.gateway.sse import EventStream
 from runtime.gateway.state import meter_for, pool_for
@@ -305,8 +305,10 @@ def _chat_prompt(gen: Generation, req: s.ChatCompletionRequest, tokenizer: Model
     gen.grammar = response_format_grammar(req.response_format)
     template_tools = None
     if req.tools:
+        limits = gen.request.app[LIMITS]
         gen.plan = t.plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, messages,
-                                t.detect_format(tokenizer.chat_template))
+                                t.detect_format(tokenizer.chat_template),
+                                max_tools=limits.max_tools, max_chars=limits.max_tools_bytes)
         messages, template_tools = gen.plan.messages, gen.plan.tools_for_template
         if gen.plan.grammar:
             if gen.grammar:

@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+MAX_INPUTS = 2048  # texts or prompts in one request, as OpenAI's embeddings
+
+
 class _Request(BaseModel):
     # Clients send vendor extras (metadata, store, service_tier...): accept and ignore them.
     model_config = ConfigDict(extra="ignore")
@@ -150,6 +153,8 @@ class CompletionRequest(SamplingParams):
             raise ValueError("suffix (insertion) is not supported by this model")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
+        if len(self.prompts()) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} prompts per request")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -177,8 +182,8 @@ class EmbeddingRequest(_Request):
     def _not_empty(cls, v: Any) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("input must not be empty")
-        if isinstance(v, list) and len(v) > 2048:
-            raise ValueError("at most 2048 inputs per request")
+        if isinstance(v, list) and len(v) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
         return v
 
     def inputs(self) -> list[str | list[int]]:
@@ -198,6 +203,8 @@ class ScoreRequest(_Request):
             raise ValueError("text_1 and text_2 must not be empty")
         if len(a) != 1 and len(a) != len(b):
             raise ValueError("text_1 must be one text or as many texts as text_2")
+        if len(b) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} texts per request")
         return self
 
     def pairs_lists(self) -> tuple[list[str], list[str]]:

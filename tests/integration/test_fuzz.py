@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from runtime.pool import ModelStore
 from tests.integration.conftest import MODEL
 from tests.support.gateway import GatewayThread, call, model
 
@@ -33,8 +34,6 @@ RUNS_THE_MODEL = GENERATING | {"/v1/embeddings", "/score", "/v1/score", "/rerank
 
 @pytest.fixture(scope="module")
 def fuzzed(model_cache, tmp_path_factory):
-    from runtime.pool import ModelStore
-
     data = tmp_path_factory.mktemp("fuzz")
     store = ModelStore(model_cache, show_progress=False)
     with GatewayThread([model(max_workers=1, slots=2, n_ctx=256)], store, admin_key=ADMIN,

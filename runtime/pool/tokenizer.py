@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import cachetools
+import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -131,12 +132,19 @@ class ModelTokenizer:
 
     def render_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """Messages (and the tools for the template's ``tools``) -> the prompt text."""
-        return self._chat(messages=messages, tools=tools).prompt
+        return self._render(messages, tools).prompt
 
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Messages -> prompt tokens, exactly as the model will see them."""
-        result = self._chat(messages=messages, tools=tools)
+        result = self._render(messages, tools)
         return self.encode(result.prompt, add_bos=not result.added_special, special=True)
+
+    def _render(self, messages: list[dict], tools: list[dict] | None):
+        """The template's output; whatever it cannot render is a ValueError (the caller's 400)."""
+        try:
+            return self._chat(messages=messages, tools=tools)
+        except (TypeError, LookupError, AttributeError, jinja2.TemplateError, RecursionError) as exc:
+            raise ValueError(f"the chat template cannot render these messages: {exc}") from None
 
     async def aencode_all(self, texts: list[str], *, add_bos: bool = True,
                           special: bool = False) -> list[list[int]]:

@@ -181,3 +181,16 @@ def test_a_non_ascii_bearer_token_is_a_401_when_keys_are_required(make_gateway):
                          b"Connection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_api_key"
+
+
+def test_messages_a_chat_template_cannot_render_are_a_value_error_not_a_crash(model_cache):
+    # The gateway turns the ValueError into a 400 naming 'messages'.
+    import asyncio
+
+    from runtime.pool import ModelStore
+    from runtime.pool.tokenizer import ModelTokenizer
+
+    path = asyncio.run(ModelStore(model_cache, show_progress=False).fetch(MODEL, "embedded")).path
+    tokenizer = ModelTokenizer(str(path), chat_template="{{ messages[0].content + 1 }}{{ messages[9].x.y }}")
+    with pytest.raises(ValueError, match="cannot render"):
+        tokenizer.render_chat([{"role": "user", "content": "Hi"}])

@@ -18,7 +18,7 @@ from runtime.gateway import schemas as s
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
 from runtime.gateway.errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
-from runtime.gateway.metrics import Metrics, metrics_handler
+from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics, metrics_handler
 from runtime.gateway.openapi import openapi_handler
 from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS
 from runtime.errors import LlmfnError, NotFound
@@ -124,9 +124,6 @@ async def failed_calls_middleware(request: web.Request, handler):
                 _model_label(request), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
             meter.done(f"error:{err.code}")
         raise
-
-
-UNKNOWN_MODEL = "unknown"
 
 
 def _model_label(request: web.Request) -> str:

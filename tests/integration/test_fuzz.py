@@ -1,6 +1,6 @@
 """Generated requests at every route of ``/openapi.json`` (schemathesis, valid
-and invalid bodies): none gets a 5xx, and the gateway and its worker live
-through all of them.
+and invalid bodies) of a real ``llmfn serve``: none gets a 5xx, and the
+service and its worker live through all of them.
 
 The served model's name is filled into most bodies (so the model really runs)
 and ``max_tokens`` is kept small, so the run fits CI on two cores.
@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from runtime.pool import ModelStore
 from tests.integration.conftest import MODEL
-from tests.support.gateway import GatewayThread, call, model
+from tests.support.cli import Server
+from tests.support.gateway import call
 
 pytestmark = [pytest.mark.llama, pytest.mark.timeout(900)]
 
@@ -34,11 +34,14 @@ RUNS_THE_MODEL = GENERATING | {"/v1/embeddings", "/score", "/v1/score", "/rerank
 
 @pytest.fixture(scope="module")
 def fuzzed(model_cache, tmp_path_factory):
-    data = tmp_path_factory.mktemp("fuzz")
-    store = ModelStore(model_cache, show_progress=False)
-    with GatewayThread([model(max_workers=1, slots=2, n_ctx=256)], store, admin_key=ADMIN,
-                       ledger_path=data / "ledger.sqlite3", keys_path=data / "keys.sqlite3") as gw:
-        yield gw
+    env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")),
+           "LLMFN_ADMIN_KEY": ADMIN}
+    server = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "256", "--slots", "2",
+                    "--max-workers", "1", ready="gateway", env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _aimed(case) -> None:
@@ -99,6 +102,7 @@ def test_every_route_was_fuzzed_and_the_gateway_and_its_worker_live(fuzzed):
     routes = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert routes - set(SENT) == set(), "routes the fuzzer never reached"
     assert sum(SENT.values()) >= 1000, SENT
+    assert fuzzed.proc.poll() is None, fuzzed.stderr[-3000:]
     assert call(f"{fuzzed.url}/health", method="GET", timeout=10).status == 200
     reply = call(f"{fuzzed.url}/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 2},
                  headers={"Authorization": f"Bearer {ADMIN}"})

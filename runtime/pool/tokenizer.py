@@ -2,12 +2,14 @@
 so prompt sizes are known exactly before a request is dispatched. It also
 renders chat messages with the model's chat template from the GGUF, or with a
 plain transcript for base models that ship none. Tool calls reach it already
-in the form the model is to see (``runtime.gateway.tools`` prepares them)."""
+in the form the model is to see (``runtime.gateway.tools`` prepares them).
+
+Token ids from callers are checked against the vocabulary before llama.cpp
+reads them, and ``offload`` keeps large work off the event loop."""
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -151,11 +153,6 @@ class ModelTokenizer:
         """Token ids of each text, in one hop: many short texts are a large input too."""
         call = lambda: [self.encode(t, add_bos=add_bos, special=special) for t in texts]  # noqa: E731
         return await offload(call, sum(len(t) for t in texts))
-
-    async def arender_chat(self, messages: list[dict], tools: list[dict] | None = None, *,
-                           size: int) -> list[int]:
-        """``size``: the request's size in bytes, which decides where it is rendered."""
-        return await offload(functools.partial(self.render_chat, messages, tools), size)
 
 
 def _read_metadata(model) -> dict[str, str]:

@@ -24,10 +24,10 @@ def _gateway_flags(p) -> None:
     for field, flag in (("host", "--host"), ("port", "--port"), ("template", "--template"),
                         ("cache_dir", "--cache-dir"), ("s3_endpoint_url", "--s3-endpoint-url"),
                         ("api_keys", "--api-keys"), ("data_dir", "--data-dir"), ("admin_key", "--admin-key"),
-                        ("redis_url", "--redis-url"), ("log_level", "--log-level"),
-                        ("max_body_bytes", "--max-body-bytes"), ("max_messages", "--max-messages"),
-                        ("max_tools", "--max-tools"), ("max_tools_bytes", "--max-tools-bytes")):
+                        ("redis_url", "--redis-url"), ("log_level", "--log-level")):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
+    for field in ("max_body_bytes", "max_messages", "max_tools", "max_tools_bytes"):  # input limits
+        p.add_argument("--" + field.replace("_", "-"), dest=field, default=None, help=_env_help(field))
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
                    help="Serve this model (s3://bucket/key.gguf, a path, or 'embedded'); "
                         "repeatable; replaces the template's models. [env LLMFN_MODEL]")

@@ -77,7 +77,7 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     meter = meter_for(request, pool.name, endpoint)
     tokenizer = await pool.ensure_tokenizer()
     limit = _limit(pool, tokenizer)
-    counts = [len(ids) for ids in await tokenizer.aencode_all(texts, add_bos=True)]
+    counts = [len(ids) for ids in await tokenizer.aencode_all(texts, add_bos=True, max_tokens=limit, param=param)]
     for i, n in enumerate(counts):
         _check_length(i, n, limit, param)
     unique = list(dict.fromkeys(texts))
@@ -90,17 +90,18 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     return await _metered(request, pool, meter, sum(counts), call)
 
 
-async def _pair_counts(tokenizer, pairs: list[tuple[str, str]]) -> list[int]:
+async def _pair_counts(tokenizer, pairs: list[tuple[str, str]], limit: int, param: str) -> list[int]:
     """Tokens of each (query, document) pair as the worker builds it: the GGUF's
     rerank template, or both texts plus the special tokens around them."""
     template = tokenizer.metadata.get(RERANK_TEMPLATE_KEY)
+    fits = {"max_tokens": limit, "param": param}
     if template is not None:
         prompts = [rerank_prompt(template, q, d) for q, d in pairs]
-        return [len(ids) for ids in await tokenizer.aencode_all(prompts, add_bos=False, special=True)]
+        return [len(ids) for ids in await tokenizer.aencode_all(prompts, add_bos=False, special=True, **fits)]
     specials = rerank_special_tokens(tokenizer.metadata)
     unique = list(dict.fromkeys(q for q, _ in pairs))
-    queries = dict(zip(unique, map(len, await tokenizer.aencode_all(unique, add_bos=False))))
-    docs = await tokenizer.aencode_all([d for _, d in pairs], add_bos=False)
+    queries = dict(zip(unique, map(len, await tokenizer.aencode_all(unique, add_bos=False, **fits))))
+    docs = await tokenizer.aencode_all([d for _, d in pairs], add_bos=False, **fits)
     return [queries[q] + len(ids) + specials for (q, _), ids in zip(pairs, docs)]
 
 
@@ -110,7 +111,7 @@ async def _rank(request: web.Request, pool, tokenizer, pairs: list[tuple[str, st
     worker's token count. Pairs that share a query go to the worker together."""
     meter = meter_for(request, pool.name, endpoint)
     limit = _limit(pool, tokenizer)
-    counts = await _pair_counts(tokenizer, pairs)
+    counts = await _pair_counts(tokenizer, pairs, limit, param)
     for i, n in enumerate(counts):
         _check_length(i, n, limit, param)
     by_query: dict[str, list[int]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
@@ -127,7 +128,25 @@ def _decode(raw: bytes, limits: InputLimits) -> dict[str, Any]:
         raise InvalidRequest(f"The JSON body is nested too deeply (at most {limits.max_json_depth} levels)",
                              code="invalid_json")
     _check_counts(data, limits)
+    if _SURROGATE_ESCAPE.search(raw):
+        data = _without_lone_surrogates(data)
     return data
+
+
+# JSON may escape half a UTF-16 pair ("\ud800"); such a string cannot be encoded as
+# UTF-8 for the tokenizer or a worker. Each lone half becomes U+FFFD, as in any decoder.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -319,7 +319,7 @@ def _chat_prompt(gen: Generation, req: s.ChatCompletionRequest, tokenizer: Model
     if req.logit_bias:
         tokenizer.check_ids(list(req.logit_bias), "logit_bias")
     try:
-        return tokenizer.render_chat(messages, template_tools)
+        return tokenizer.render_chat(messages, template_tools, max_tokens=gen.pool.config.pool.n_ctx)
     except ValueError as exc:  # the template refused the roles
         raise InvalidRequest(str(exc), param="messages") from None
 
@@ -329,17 +329,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gen = Generation(request, req, "completions")
     tokenizer = await gen.pool.ensure_tokenizer()
     gen.grammar = response_format_grammar(req.response_format)
-    prompts = await offload(functools.partial(_completion_prompts, req, tokenizer), request[BODY_BYTES])
+    prompts = await offload(functools.partial(_completion_prompts, req, tokenizer, gen.pool.config.pool.n_ctx),
+                            request[BODY_BYTES])
     return await gen.respond(prompts, req.max_tokens, "prompt")
 
 
-def _completion_prompts(req: s.CompletionRequest, tokenizer: ModelTokenizer) -> list[Prompt]:
+def _completion_prompts(req: s.CompletionRequest, tokenizer: ModelTokenizer, n_ctx: int) -> list[Prompt]:
     """Each prompt's tokens (token-id prompts checked against the vocabulary) and text for echo."""
     if req.logit_bias:
         tokenizer.check_ids(list(req.logit_bias), "logit_bias")
     prompts = []
     for p in req.prompts():
         if isinstance(p, str):
+            tokenizer.check_fits(p, n_ctx, "prompt")
             prompts.append(Prompt(tokenizer.encode(p, add_bos=True, special=True), p))
         else:
             tokenizer.check_ids(list(p), "prompt")

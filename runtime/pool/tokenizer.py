@@ -20,7 +20,7 @@ import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from runtime.errors import InvalidRequest
+from runtime.errors import ContextLengthExceeded, InvalidRequest
 
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
 
@@ -59,6 +59,7 @@ class ModelTokenizer:
         self._cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=CACHED_PROMPTS)
         self.n_ctx_train = int(self.metadata.get(
             f"{self.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
+        self._longest = self._longest_piece()
         eos = llama_cpp.llama_vocab_eos(self._vocab)
         bos = llama_cpp.llama_vocab_bos(self._vocab)
         text = lambda t: llama_cpp.llama_vocab_get_text(self._vocab, t).decode("utf-8", "replace")  # noqa: E731
@@ -136,10 +137,36 @@ class ModelTokenizer:
         """Messages (and the tools for the template's ``tools``) -> the prompt text."""
         return self._render(messages, tools).prompt
 
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, *,
+                    max_tokens: int | None = None) -> list[int]:
         """Messages -> prompt tokens, exactly as the model will see them."""
         result = self._render(messages, tools)
+        if max_tokens is not None:
+            self.check_fits(result.prompt, max_tokens, "messages")
         return self.encode(result.prompt, add_bos=not result.added_special, special=True)
+
+    def check_fits(self, text: str, max_tokens: int, param: str) -> None:
+        """A 400 when ``text`` certainly has more than ``max_tokens`` tokens, known without
+        tokenizing it: no token covers more bytes than the vocabulary's longest piece.
+        llama.cpp takes time quadratic in the length of some texts; such a text is refused
+        before it can hold the tokenizer thread for minutes."""
+        longest = self._longest
+        if longest is None:
+            return
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > max_tokens * longest:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {max_tokens} tokens. However, your input "
+                f"is longer than that ({size} bytes, at least {size // longest} tokens). Please "
+                f"reduce the length of the {param}.", param=param)
+
+    def _longest_piece(self) -> int | None:
+        """Bytes of the longest token (None where the tokenizer normalizes text, so that a
+        token may stand for more text than its piece: WordPiece, Unigram)."""
+        if llama_cpp.llama_vocab_type(self._vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_SPM,
+                                                           llama_cpp.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        return max((len(_piece(self._vocab, t, special=True)) for t in range(self.n_vocab)), default=1) or 1
 
     def _render(self, messages: list[dict], tools: list[dict] | None):
         """The template's output; whatever it cannot render is a ValueError (the caller's 400)."""
@@ -148,10 +175,15 @@ class ModelTokenizer:
         except (TypeError, LookupError, AttributeError, jinja2.TemplateError, RecursionError) as exc:
             raise ValueError(f"the chat template cannot render these messages: {exc}") from None
 
-    async def aencode_all(self, texts: list[str], *, add_bos: bool = True,
-                          special: bool = False) -> list[list[int]]:
-        """Token ids of each text, in one hop: many short texts are a large input too."""
-        call = lambda: [self.encode(t, add_bos=add_bos, special=special) for t in texts]  # noqa: E731
+    async def aencode_all(self, texts: list[str], *, add_bos: bool = True, special: bool = False,
+                          max_tokens: int | None = None, param: str = "input") -> list[list[int]]:
+        """Token ids of each text, in one hop: many short texts are a large input too.
+        With ``max_tokens``, a text that certainly has more is a 400 before it is tokenized."""
+        def call() -> list[list[int]]:
+            if max_tokens is not None:
+                for text in texts:
+                    self.check_fits(text, max_tokens, param)
+            return [self.encode(t, add_bos=add_bos, special=special) for t in texts]
         return await offload(call, sum(len(t) for t in texts))
 
 
@@ -172,12 +204,12 @@ def _read_metadata(model) -> dict[str, str]:
     return out
 
 
-def _piece(vocab, token: int) -> bytes:
+def _piece(vocab, token: int, special: bool = False) -> bytes:
     buf = ctypes.create_string_buffer(64)
-    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, False)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, special)
     if n < 0:
         buf = ctypes.create_string_buffer(-n)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, -n, 0, False)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, -n, 0, special)
     return buf.raw[:n]
 
 

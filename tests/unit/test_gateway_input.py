@@ -127,3 +127,9 @@ def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path)
     text = generate_latest(metrics.registry).decode()
     assert "zzzz" not in text and len(text) < 50_000
     assert 'model="served"' in text and 'model="unknown"' in text
+
+
+async def test_lone_utf16_surrogates_become_replacement_characters(client):
+    raw = b'{"model": "m\\ud800", "messages": ["\\uD83D\\uDE00", "x\\udfffy"]}'
+    body = await (await client.post("/", data=raw)).json()
+    assert body["model"] == "m\ufffd" and body["messages"] == ["\U0001F600", "x\ufffdy"]

@@ -28,6 +28,8 @@ def _gateway_flags(p) -> None:
                         ("admin_key", "--admin-key"), ("admin_key_file", "--admin-key-file"),
                         ("redis_url", "--redis-url"), ("log_level", "--log-level")):
         p.add_argument(flag, dest=field, default=None, help=_env_help(field))
+    for field in ("max_body_bytes", "max_messages", "max_tools", "max_tools_bytes"):  # input limits
+        p.add_argument("--" + field.replace("_", "-"), dest=field, default=None, help=_env_help(field))
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
                    help="Serve this model (s3://bucket/key.gguf, a path, or 'embedded'); "
                         "repeatable; replaces the template's models. [env LLMFN_MODEL]")

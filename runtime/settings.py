@@ -40,6 +40,12 @@ class GatewaySettings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                description="Largest request body the gateway reads (bytes); larger is a 413.")
+    max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")
+    max_tools: int = Field(128, ge=1, description="Most tools in one chat request.")
+    max_tools_bytes: int = Field(256 * 1024, ge=1024,
+                                 description="Largest size of a chat request's tool definitions (JSON bytes).")
     # Deployed functions: what one bundle may hold, and the asynchronous (Event) invocations queued.
     bundle_max_bytes: int = Field(50 * 2**20, ge=1, description="Largest deployable bundle (zip), in bytes.")
     bundle_max_unzipped_bytes: int = Field(250 * 2**20, ge=1,

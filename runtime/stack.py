@@ -17,6 +17,7 @@ from runtime.app.models import ModelConfig
 from runtime.functions import Deployments, FunctionService
 from runtime.functions.dispatcher import stderr_log
 from runtime.gateway import GatewayConfig, build_app
+from runtime.gateway.errors import InputLimits
 from runtime.gateway.state import INVOCATIONS
 from runtime.pool import ModelStore
 from runtime.settings import GatewaySettings
@@ -28,7 +29,9 @@ def gateway_config(settings: GatewaySettings, models: list[ModelConfig],
         models=models, store=ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url),
         api_keys=settings.key_set(), admin_key=admin_key, require_keys=settings.require_keys,
         ledger_path=settings.ledger_path, keys_path=settings.keys_path, redis_url=settings.redis_url,
-        function_quotas=function_quotas(template) if template else {})
+        function_quotas=function_quotas(template) if template else {},
+        limits=InputLimits(settings.max_body_bytes, settings.max_messages, settings.max_tools,
+                           settings.max_tools_bytes))
 
 
 def function_quotas(template: Template) -> dict[str, dict[str, Limits]]:

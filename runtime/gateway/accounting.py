@@ -8,9 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
 
-from runtime.accounting.keys import KeyStore, check_key_name
+from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
 from runtime.accounting.reports import parse_period, usage_report
@@ -18,6 +17,7 @@ from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
 from runtime.gateway.calls import CallRecord
 from runtime.gateway.errors import parse_body
+from runtime.gateway.schemas import KeyCreateRequest
 
 
 @dataclass
@@ -90,6 +90,8 @@ async def usage(request: web.Request) -> web.Response:
         if (resource and resource != own) or (service_type and service_type != own_type):
             raise PermissionDenied("A key or an invocation token can only read its own usage")
         service_type, resource = own_type, own
+    if service_type not in (None, "function", "key"):
+        raise InvalidRequest("service_type must be function or key", param="service_type")
     by = q.get("by", "day")
     if by not in ("day", "model", "resource"):
         raise InvalidRequest("by must be day, model or resource", param="by")
@@ -129,36 +131,18 @@ async def list_keys(request: web.Request) -> web.Response:
     return web.json_response({"data": [r.public() for r in records]})
 
 
-_LIMIT = Field(None, ge=0, le=10**15)
-
-
-class KeyRequest(BaseModel):
-    """``POST /admin/keys``: a new key's name, models and limits."""
-    name: str
-    models: list[str] | None = None
-    rpm: int | None = _LIMIT
-    tpm: int | None = _LIMIT
-    daily_tokens: int | None = _LIMIT
-    monthly_tokens: int | None = _LIMIT
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        return check_key_name(name)
-
-
 async def create_key(request: web.Request) -> web.Response:
     _require_admin(request)
     store = request.app[ACCOUNTING].book.keys
     if store is None:
         raise NotFound("No key store is configured on this gateway")
-    body = await parse_body(request, KeyRequest)
+    body = await parse_body(request, KeyCreateRequest)
     limits = Limits(body.rpm, body.tpm, body.daily_tokens, body.monthly_tokens)
     loop = asyncio.get_running_loop()
     try:
         secret = await loop.run_in_executor(None, lambda: store.create(
             body.name, models=body.models, limits=limits))
-    except ValueError as exc:
+    except (KeyError, ValueError) as exc:
         raise InvalidRequest(f"cannot create the key: {exc}", param="name") from None
     return web.json_response({"name": body.name, "key": secret}, status=201)
 

@@ -17,9 +17,9 @@ from runtime.gateway.accounting import ACCOUNTING, Accounting, QuotaBook
 from runtime.gateway import schemas as s
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
-from runtime.gateway.errors import REQUEST_ID, errors_middleware
-from runtime.gateway.metrics import Metrics, metrics_handler
-from runtime.gateway.openapi import openapi_document
+from runtime.gateway.errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
+from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics, metrics_handler
+from runtime.gateway.openapi import openapi_handler
 from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS
 from runtime.errors import LlmfnError, NotFound
 from runtime.pool import ModelStore, Pools
@@ -38,6 +38,7 @@ class GatewayConfig:
     keys_path: Path | None = None  # None: static keys only
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
     function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
+    limits: InputLimits = field(default_factory=InputLimits)
 
 
 def _card(pool, created: int) -> s.ModelCard:
@@ -84,10 +85,6 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "models": {p.name: p.state for p in request.app[POOLS]}})
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
-
-
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/models", list_models)
@@ -100,7 +97,7 @@ def add_routes(app: web.Application) -> None:
     for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
         r.add_post(path, embeddings.rerank)
     r.add_get("/health", health)
-    r.add_get("/openapi.json", openapi)
+    r.add_get("/openapi.json", openapi_handler(r))
     r.add_get("/admin/pools", admin_pools)
     r.add_get("/v1/invocation/usage", invocation_usage)
     r.add_get("/metrics", metrics_handler(app[METRICS]))
@@ -125,9 +122,18 @@ async def failed_calls_middleware(request: web.Request, handler):
         endpoint = LLM_ENDPOINTS.get(request.path)
         if endpoint is not None:
             meter = request.get(METER) or request.app[CALLS].meter(
-                request.get(MODEL_HINT, ""), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
+                _model_label(request), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
             meter.done(f"error:{err.code}")
         raise
+
+
+def _model_label(request: web.Request) -> str:
+    """The pool a refused call named; any other name (it may be 100 KB) is recorded
+    as ``unknown``, so ledger rows and metric labels stay bounded."""
+    hint = request.get(MODEL_HINT, "")
+    pools = request.app[POOLS]
+    name = pools.aliases.get(hint, hint)
+    return name if name in pools.by_name else UNKNOWN_MODEL
 
 
 LLM_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
@@ -164,7 +170,8 @@ def build_app(config: GatewayConfig) -> web.Application:
     auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key,
                          require_keys=config.require_keys)
     app = web.Application(middlewares=[errors_middleware, auth_middleware(auth), failed_calls_middleware],
-                          client_max_size=32 * 1024 * 1024)
+                          client_max_size=config.limits.max_body_bytes)
+    app[LIMITS] = config.limits
     metrics = Metrics()
     acct = _accounting(config, keys)
     calls = Calls()

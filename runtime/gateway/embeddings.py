@@ -18,7 +18,7 @@ from aiohttp import web
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway.accounting import ACCOUNTING
-from runtime.gateway.errors import parse_body
+from runtime.gateway.errors import BODY_BYTES, parse_body
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool.embedding import (
     RERANK_TEMPLATE_KEY,
@@ -26,6 +26,7 @@ from runtime.pool.embedding import (
     rerank_prompt,
     rerank_special_tokens,
 )
+from runtime.pool.tokenizer import offload
 
 RATE_HEADERS = web.RequestKey("rate_headers", dict)
 
@@ -76,10 +77,9 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     meter = meter_for(request, pool.name, endpoint)
     tokenizer = await pool.ensure_tokenizer()
     limit = _limit(pool, tokenizer)
-    counts = []
-    for i, text in enumerate(texts):
-        counts.append(len(await tokenizer.aencode(text, add_bos=True)))
-        _check_length(i, counts[-1], limit, param)
+    counts = [len(ids) for ids in await tokenizer.aencode_all(texts, add_bos=True, max_tokens=limit, param=param)]
+    for i, n in enumerate(counts):
+        _check_length(i, n, limit, param)
     unique = list(dict.fromkeys(texts))
 
     async def call(lease):
@@ -90,17 +90,19 @@ async def _embed(request: web.Request, model: str, texts: list[str], param: str,
     return await _metered(request, pool, meter, sum(counts), call)
 
 
-async def _pair_counts(tokenizer, pairs: list[tuple[str, str]]) -> list[int]:
+async def _pair_counts(tokenizer, pairs: list[tuple[str, str]], limit: int, param: str) -> list[int]:
     """Tokens of each (query, document) pair as the worker builds it: the GGUF's
     rerank template, or both texts plus the special tokens around them."""
     template = tokenizer.metadata.get(RERANK_TEMPLATE_KEY)
+    fits = {"max_tokens": limit, "param": param}
     if template is not None:
-        return [len(await tokenizer.aencode(rerank_prompt(template, q, d), add_bos=False,
-                                            special=True)) for q, d in pairs]
+        prompts = [rerank_prompt(template, q, d) for q, d in pairs]
+        return [len(ids) for ids in await tokenizer.aencode_all(prompts, add_bos=False, special=True, **fits)]
     specials = rerank_special_tokens(tokenizer.metadata)
-    queries = {q: len(await tokenizer.aencode(q, add_bos=False))
-               for q in dict.fromkeys(q for q, _ in pairs)}
-    return [queries[q] + len(await tokenizer.aencode(d, add_bos=False)) + specials for q, d in pairs]
+    unique = list(dict.fromkeys(q for q, _ in pairs))
+    queries = dict(zip(unique, map(len, await tokenizer.aencode_all(unique, add_bos=False, **fits))))
+    docs = await tokenizer.aencode_all([d for _, d in pairs], add_bos=False, **fits)
+    return [queries[q] + len(ids) + specials for (q, _), ids in zip(pairs, docs)]
 
 
 async def _rank(request: web.Request, pool, tokenizer, pairs: list[tuple[str, str]], param: str,
@@ -109,7 +111,7 @@ async def _rank(request: web.Request, pool, tokenizer, pairs: list[tuple[str, st
     worker's token count. Pairs that share a query go to the worker together."""
     meter = meter_for(request, pool.name, endpoint)
     limit = _limit(pool, tokenizer)
-    counts = await _pair_counts(tokenizer, pairs)
+    counts = await _pair_counts(tokenizer, pairs, limit, param)
     for i, n in enumerate(counts):
         _check_length(i, n, limit, param)
     by_query: dict[str, list[int]] = {}
@@ -150,7 +152,9 @@ async def embeddings(request: web.Request) -> web.Response:
     if declared_pooling(tokenizer.metadata) == "rank":
         raise InvalidRequest(f"The model '{req.model}' is a reranker (rank pooling) and returns "
                              "no embeddings: use /v1/rerank or /v1/score", param="model")
-    texts = [t if isinstance(t, str) else tokenizer.decode(list(t)) for t in req.inputs()]
+    # Token-id inputs become text here, each id checked first (llama.cpp aborts on a bad one).
+    texts = await offload(lambda: [t if isinstance(t, str) else tokenizer.decode(list(t), "input")
+                                   for t in req.inputs()], request[BODY_BYTES])
     vectors, tokens = await _embed(request, req.model, texts, "input", "embeddings")
     if req.dimensions is not None:
         if req.dimensions > len(vectors[0]):

@@ -4,6 +4,7 @@ model's tokenizer, check it against the context, turn ``response_format`` and
 and return the text, tool calls and logprobs whole or as SSE with exact usage."""
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -18,12 +19,13 @@ from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
 from runtime.gateway.accounting import ACCOUNTING
 from runtime.gateway.calls import CallMeter
-from runtime.gateway.errors import REQUEST_ID, parse_body
+from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
 from runtime.gateway.sse import EventStream
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool import ModelPool
 from runtime.pool.client import ChoiceDone, Done, Text
+from runtime.pool.tokenizer import ModelTokenizer, offload
 
 
 @dataclass
@@ -60,13 +62,6 @@ def check_context(pool: ModelPool, prompt_tokens: int, max_tokens: int | None, p
             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, {max_tokens} in "
             f"the completion). Please reduce the length of the {param} or completion.", param=param)
     return max_tokens
-
-
-def _check_token_ids(ids: list[int], n_vocab: int, param: str) -> None:
-    for tok in ids:
-        if not 0 <= tok < n_vocab:
-            raise InvalidRequest(f"token id {tok} is out of range (the vocabulary has {n_vocab} tokens)",
-                                 param=param)
 
 
 class Generation:
@@ -299,6 +294,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await parse_body(request, s.ChatCompletionRequest)
     gen = Generation(request, req, "chat")
     tokenizer = await gen.pool.ensure_tokenizer()
+    # Tools, grammar and the template together: one hop, off the loop for a large body.
+    tokens = await offload(functools.partial(_chat_prompt, gen, req, tokenizer), request[BODY_BYTES])
+    return await gen.respond([Prompt(tokens)], req.max_tokens, "messages")
+
+
+def _chat_prompt(gen: Generation, req: s.ChatCompletionRequest, tokenizer: ModelTokenizer) -> list[int]:
+    """The prompt tokens of a chat; sets the generation's grammar and tool plan."""
     try:
         messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in req.messages]
     except ValueError as exc:  # unsupported content part
@@ -306,8 +308,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gen.grammar = response_format_grammar(req.response_format)
     template_tools = None
     if req.tools:
+        limits = gen.request.app[LIMITS]
         gen.plan = t.plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, messages,
-                                t.detect_format(tokenizer.chat_template))
+                                t.detect_format(tokenizer.chat_template),
+                                max_tools=limits.max_tools, max_chars=limits.max_tools_bytes)
         messages, template_tools = gen.plan.messages, gen.plan.tools_for_template
         if gen.plan.grammar:
             if gen.grammar:
@@ -316,12 +320,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                      param="response_format")
             gen.grammar = gen.plan.grammar
     if req.logit_bias:
-        _check_token_ids(list(req.logit_bias), tokenizer.n_vocab, "logit_bias")
+        tokenizer.check_ids(list(req.logit_bias), "logit_bias")
     try:
-        tokens = await tokenizer.arender_chat(messages, template_tools)
+        return tokenizer.render_chat(messages, template_tools, max_tokens=gen.pool.config.pool.n_ctx)
     except ValueError as exc:  # the template refused the roles
         raise InvalidRequest(str(exc), param="messages") from None
-    return await gen.respond([Prompt(tokens)], req.max_tokens, "messages")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -329,15 +332,23 @@ async def completions(request: web.Request) -> web.StreamResponse:
     gen = Generation(request, req, "completions")
     tokenizer = await gen.pool.ensure_tokenizer()
     gen.grammar = response_format_grammar(req.response_format)
+    prompts = await offload(functools.partial(_completion_prompts, req, tokenizer, gen.pool.config.pool.n_ctx),
+                            request[BODY_BYTES])
+    return await gen.respond(prompts, req.max_tokens, "prompt")
+
+
+def _completion_prompts(req: s.CompletionRequest, tokenizer: ModelTokenizer, n_ctx: int) -> list[Prompt]:
+    """Each prompt's tokens (token-id prompts checked against the vocabulary) and text for echo."""
     if req.logit_bias:
-        _check_token_ids(list(req.logit_bias), tokenizer.n_vocab, "logit_bias")
+        tokenizer.check_ids(list(req.logit_bias), "logit_bias")
     prompts = []
     for p in req.prompts():
         if isinstance(p, str):
-            prompts.append(Prompt(await tokenizer.aencode(p, add_bos=True, special=True), p))
+            tokenizer.check_fits(p, n_ctx, "prompt")
+            prompts.append(Prompt(tokenizer.encode(p, add_bos=True, special=True), p))
         else:
-            _check_token_ids(list(p), tokenizer.n_vocab, "prompt")
+            tokenizer.check_ids(list(p), "prompt")
             prompts.append(Prompt(list(p), tokenizer.decode(list(p)) if req.echo else ""))
     if any(not p.tokens for p in prompts):
         raise InvalidRequest("prompt must not be empty", param="prompt")
-    return await gen.respond(prompts, req.max_tokens, "prompt")
+    return prompts

@@ -1,4 +1,7 @@
-"""Prometheus metrics (``GET /metrics``): a sink of finished calls plus pool gauges."""
+"""Prometheus metrics (``GET /metrics``): a sink of finished calls plus pool gauges.
+
+Every label takes a bounded set of values: models are the served ones (any
+other name is ``unknown``), endpoints and statuses are the gateway's own."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
@@ -11,12 +14,14 @@ if TYPE_CHECKING:
     from runtime.gateway.calls import CallRecord
     from runtime.pool import Pools
 
+UNKNOWN_MODEL = "unknown"
 _LATENCY = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.models: frozenset[str] | None = None  # the served models, once pools are watched
         r = self.registry
         self.requests = Counter("llmfn_requests", "LLM requests by model, endpoint and outcome.",
                                 ["model", "endpoint", "status"], registry=r)
@@ -39,29 +44,36 @@ class Metrics:
                                             ["model"], buckets=(.5, 1, 2, 5, 10, 30, 60, 120, 300),
                                             registry=r)
 
+    def model(self, name: str) -> str:
+        """The label of a model: a served one, or ``unknown`` (a label per caller's string
+        would grow ``/metrics`` without end)."""
+        return name if self.models is None or name in self.models else UNKNOWN_MODEL
+
     def observe_cold_start(self, model: str, info: dict) -> None:
-        self.cold_starts.labels(model).inc()
-        self.cold_start_seconds.labels(model).observe(info["ready_s"])
+        self.cold_starts.labels(self.model(model)).inc()
+        self.cold_start_seconds.labels(self.model(model)).observe(info["ready_s"])
 
     def watch_pools(self, pools: "Pools") -> None:
+        self.models = frozenset(pool.name for pool in pools)
         self.registry.register(_PoolCollector(pools))
 
     def observe_ttft(self, model: str, seconds: float) -> None:
-        self.ttft.labels(model).observe(seconds)
+        self.ttft.labels(self.model(model)).observe(seconds)
 
     def observe_call(self, call: "CallRecord") -> None:
-        self.requests.labels(call.model, call.endpoint, call.status).inc()
-        self.latency.labels(call.model, call.endpoint).observe(call.latency_s)
+        model = self.model(call.model)
+        self.requests.labels(model, call.endpoint, call.status).inc()
+        self.latency.labels(model, call.endpoint).observe(call.latency_s)
         for counter, n in ((self.prompt_tokens, call.prompt_tokens),
                            (self.completion_tokens, call.completion_tokens),
                            (self.cached_tokens, call.cached_tokens)):
             if n:
-                counter.labels(call.model).inc(n)
+                counter.labels(model).inc(n)
         if call.endpoint in ("chat", "completions"):
             if call.prompt_tokens > call.cached_tokens:
-                self.llamacpp_prompt.labels(call.model).inc(call.prompt_tokens - call.cached_tokens)
+                self.llamacpp_prompt.labels(model).inc(call.prompt_tokens - call.cached_tokens)
             if call.completion_tokens:
-                self.llamacpp_predicted.labels(call.model).inc(call.completion_tokens)
+                self.llamacpp_predicted.labels(model).inc(call.completion_tokens)
 
 
 class _PoolCollector:

@@ -11,6 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runtime.accounting.keys import check_key_name
+
+
+MAX_INPUTS = 2048  # texts or prompts in one request, as OpenAI's embeddings
+
 
 class _Request(BaseModel):
     # Clients send vendor extras (metadata, store, service_tier...): accept and ignore them.
@@ -36,7 +41,7 @@ class SamplingParams(_Request):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # int64, as OpenAI's; llama.cpp's uint32 too
     logit_bias: dict[int, float] | None = None
     ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
     stream: bool = False
@@ -150,6 +155,8 @@ class CompletionRequest(SamplingParams):
             raise ValueError("suffix (insertion) is not supported by this model")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
+        if len(self.prompts()) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} prompts per request")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -177,8 +184,8 @@ class EmbeddingRequest(_Request):
     def _not_empty(cls, v: Any) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("input must not be empty")
-        if isinstance(v, list) and len(v) > 2048:
-            raise ValueError("at most 2048 inputs per request")
+        if isinstance(v, list) and len(v) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request")
         return v
 
     def inputs(self) -> list[str | list[int]]:
@@ -198,6 +205,8 @@ class ScoreRequest(_Request):
             raise ValueError("text_1 and text_2 must not be empty")
         if len(a) != 1 and len(a) != len(b):
             raise ValueError("text_1 must be one text or as many texts as text_2")
+        if len(b) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} texts per request")
         return self
 
     def pairs_lists(self) -> tuple[list[str], list[str]]:
@@ -220,6 +229,24 @@ class RerankRequest(_Request):
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+_COUNT = Field(None, ge=0, lt=2**63)  # stored in SQLite's 64-bit integers
+
+
+class KeyCreateRequest(_Request):
+    """``POST /admin/keys``: a named key, optionally limited to models and budgets."""
+    name: str = Field(min_length=1, max_length=128)
+    models: list[str] | None = None
+    rpm: int | None = _COUNT
+    tpm: int | None = _COUNT
+    daily_tokens: int | None = _COUNT
+    monthly_tokens: int | None = _COUNT
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_key_name(name)  # a safe charset; reserved names refused
 
 
 # ---- responses -----------------------------------------------------------

@@ -61,6 +61,7 @@ __all__ = [
     "plan_tools",
 ]
 
+# Defaults; the gateway's InputLimits (settings) decide.
 MAX_TOOLS = 128
 MAX_TOOLS_CHARS = 256 * 1024  # all tool definitions together, as JSON
 
@@ -136,9 +137,10 @@ class ParsedOutput:
 # -- the plan -------------------------------------------------------------------
 
 def plan_tools(tools: list[dict] | None, tool_choice: str | dict | None,
-               parallel_tool_calls: bool | None, messages: list[dict], fmt: ToolFormat) -> ToolPlan:
+               parallel_tool_calls: bool | None, messages: list[dict], fmt: ToolFormat, *,
+               max_tools: int = MAX_TOOLS, max_chars: int = MAX_TOOLS_CHARS) -> ToolPlan:
     """Validate the tool fields of a chat request and prepare its generation."""
-    declared = _parse_tools(tools)
+    declared = _parse_tools(tools, max_tools, max_chars)
     choice, named = _parse_tool_choice(tool_choice, declared)
     active = bool(declared) and choice != "none"
     parallel = parallel_tool_calls is not False and named is None and fmt is not ToolFormat.LLAMA3
@@ -154,15 +156,15 @@ def plan_tools(tools: list[dict] | None, tool_choice: str | dict | None,
         active=active, tool_names=frozenset(t.name for t in declared), parallel=parallel)
 
 
-def _parse_tools(tools: Any) -> list[_Tool]:
+def _parse_tools(tools: Any, max_tools: int, max_chars: int) -> list[_Tool]:
     if tools is None:
         return []
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be an array", param="tools")
-    if len(tools) > MAX_TOOLS:
-        raise InvalidRequest(f"tools: at most {MAX_TOOLS} tools are supported", param="tools")
-    if len(json.dumps(tools)) > MAX_TOOLS_CHARS:
-        raise InvalidRequest(f"tools: the tool definitions exceed {MAX_TOOLS_CHARS} characters", param="tools")
+    if len(tools) > max_tools:
+        raise InvalidRequest(f"tools: at most {max_tools} tools are supported", param="tools")
+    if len(json.dumps(tools)) > max_chars:
+        raise InvalidRequest(f"tools: the tool definitions exceed {max_chars} characters", param="tools")
     parsed = [_parse_tool(tool, i) for i, tool in enumerate(tools)]
     names = [t.name for t in parsed]
     for name in names:

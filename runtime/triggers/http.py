@@ -36,6 +36,8 @@ def routes_of(functions: dict[str, FunctionSpec]) -> list[Route]:
 
 async def _request_data(request: web.Request) -> apigw.HttpRequestData:
     host, _, port = (request.host or "127.0.0.1").partition(":")
+    if port and not port.isdigit():  # "Host: x:abc" is the client's error
+        raise web.HTTPBadRequest(text='{"message":"Invalid Host header"}', content_type="application/json")
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return apigw.HttpRequestData(
         method=request.method, path=request.raw_path.split("?", 1)[0], raw_query=request.query_string,

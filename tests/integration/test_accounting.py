@@ -71,7 +71,7 @@ def test_ledger_rows_for_success_and_each_failure(make_gateway, data):
     assert success["latency_ms"] > 0 and success["ttft_ms"] is not None
     for error in ("invalid_value", "context_length_exceeded", "model_not_found", "upstream_error"):
         assert by_error[error]["status"] == "failure", error
-    assert by_error["model_not_found"]["model"] == "ghost"
+    assert by_error["model_not_found"]["model"] == "unknown"  # a caller's name is never a row's value
     assert by_error["upstream_error"]["prompt_tokens"] > 0
 
 

@@ -111,12 +111,13 @@ def test_invalid_tool_requests_are_400s(tools, tool_choice, param, message):
     assert message in err.value.message
 
 
-def test_the_number_and_size_of_tools_are_bounded(monkeypatch):
+def test_the_number_and_size_of_tools_are_bounded():
     with pytest.raises(InvalidRequest, match="at most"):
         plan_tools([_tool(f"t{i}") for i in range(tools_module.MAX_TOOLS + 1)], "auto", True, USER, HERMES)
-    monkeypatch.setattr(tools_module, "MAX_TOOLS_CHARS", 200)
-    with pytest.raises(InvalidRequest, match="exceed"):
-        plan_tools(TOOLS, "auto", True, USER, HERMES)
+    with pytest.raises(InvalidRequest, match="at most 2 tools"):
+        plan_tools([_tool(f"t{i}") for i in range(3)], "auto", True, USER, HERMES, max_tools=2)
+    with pytest.raises(InvalidRequest, match="exceed 200"):
+        plan_tools(TOOLS, "auto", True, USER, HERMES, max_chars=200)
 
 
 def test_a_forced_call_with_parameters_the_grammar_cannot_enforce_is_a_400():

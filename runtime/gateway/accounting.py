@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -102,7 +102,7 @@ class LedgerJournal:
         if admitted:
             return self.ledger.complete(row)
         try:
-            self.ledger.record(row)
+            self.ledger.record(replace(row, call_id=None, reserved_tokens=0))  # refused, never ran
         except RuntimeError:  # closed: the gateway is stopping
             log.warning("the ledger is closed; a refused call was not recorded")
         return None

@@ -165,7 +165,7 @@ def _stream(url: str, key: str, out: dict) -> None:
         resp = conn.getresponse()
         out["request_id"] = resp.headers["x-request-id"]
         out["chunks"] = 0
-        while line := resp.fp.readline():
+        while line := resp.readline():
             if line.startswith(b"data: {"):
                 chunk = json.loads(line[6:])
                 out["usage"] = chunk["usage"]

@@ -149,6 +149,10 @@ def test_a_kill_right_after_calls_loses_none_of_them(model_cache, tmp_path):
     # only the refusal after the restart (budget) and none left in flight
     assert not [r for r in rows.values() if r["status"] == "running"]
     assert len(admitted) == len(shown)
+    report = json.loads(llmfn("usage", "--key", "crash-calls", "--json", env=env).stdout)["totals"]
+    assert (report["calls"], report["success"]) == (12, 12)
+    assert report["output_tokens"] == sum(rows[rid]["completion_tokens"] for rid in shown
+                                          if rows[rid]["resource"] == "crash-calls")
 
 
 def _stream(url: str, key: str, out: dict) -> None:
@@ -212,3 +216,7 @@ def test_a_kill_with_streams_in_flight_leaves_each_an_interrupted_row(model_cach
         slack = math.ceil(rate * 0.5) + 2
         assert seen - slack <= r["completion_tokens"] <= seen + slack, (r, s, slack)
         assert r["reserved_tokens"] == r["prompt_tokens"] + 400
+    # reports: the interrupted streams are failures with their known tokens (and the refusal)
+    report = json.loads(llmfn("usage", "--key", "crash-streams", "--json", env=env).stdout)["totals"]
+    assert (report["calls"], report["success"], report["failure"]) == (5, 0, 5)
+    assert report["output_tokens"] == sum(rows[s["request_id"]]["completion_tokens"] for s in streams)

@@ -225,8 +225,8 @@ async def test_concurrent_admissions_share_commits_off_the_event_loop(tmp_path, 
     commits = []
     slow = ledger._commit
 
-    def commit(ops, progress):  # a slow disk: 50 ms a transaction
-        time.sleep(0.05)
+    def commit(ops, progress):  # a slow disk: 300 ms a transaction
+        time.sleep(0.3)
         commits.append(len(ops))
         slow(ops, progress)
 
@@ -245,7 +245,7 @@ async def test_concurrent_admissions_share_commits_off_the_event_loop(tmp_path, 
     await tick
     ledger.close()
     assert sum(commits) == 200 and len(commits) <= 5, commits  # group commit, not 200 commits
-    assert max(gaps) < 0.04  # the loop kept running while the writer waited on the disk
+    assert max(gaps) < 0.15  # the loop kept running while the writer waited on the disk
 
 
 def test_a_full_disk_refuses_admission_with_a_503_and_recovers(ledger):

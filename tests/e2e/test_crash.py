@@ -186,8 +186,8 @@ def _stream(url: str, key: str, out: dict) -> None:
 
 def test_a_kill_with_streams_in_flight_leaves_each_an_interrupted_row(model_cache, tmp_path):
     env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
-    # nothing spent yet, so all four streams are admitted; each reserves prompt + 400 tokens
-    key = _key(env, "crash-streams", "--daily-tokens", "1000")
+    # each stream reserves prompt + 400 tokens: all four fit the budget, with little to spare
+    key = _key(env, "crash-streams", "--daily-tokens", "1500")
     streams = [{} for _ in range(4)]
     with serving(env) as serve:
         threads = [threading.Thread(target=_stream, args=(serve.url, key, s)) for s in streams]

@@ -241,3 +241,48 @@ def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gate
     assert gw.pool_status(MODEL)["pids"] == []  # no worker was started for it
     ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
     assert call(f"{gw.url}/v1/completions", body).status == 200
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed; `make test` installs it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url):
+    from runtime.accounting.quotas import QuotaPolicy, RedisCounters
+    from runtime.errors import QuotaExhausted
+
+    limits = Limits(daily_tokens=100)
+    crashed = QuotaPolicy(RedisCounters(redis_url, prefix="t"))
+    await crashed.reserve("key", "k", MODEL, limits, 60)
+    await crashed.reserve("key", "k", MODEL, limits, 50)  # in flight when its gateway dies
+    await crashed.counters.close()
+    restarted = QuotaPolicy(RedisCounters(redis_url, prefix="t"))
+    with pytest.raises(QuotaExhausted):
+        await restarted.reserve("key", "k", MODEL, limits, 1)
+    # a call that ends gives back what it did not use
+    other = await restarted.reserve("key", "other", MODEL, limits, 90)
+    await restarted.settle(other, 30)
+    assert (await restarted.reserve("key", "other", MODEL, limits, 1)).decision.budget_left["daily"] == 70
+    await restarted.counters.close()

@@ -18,6 +18,7 @@ from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Limits
 from runtime.errors import LedgerUnavailable
 from runtime.gateway.accounting import ACCOUNTING
+from tests.e2e.test_accounting_cli import redis_url  # noqa: F401 (a real redis-server, a fixture)
 from tests.integration.conftest import MODEL
 from tests.support.gateway import call, model
 
@@ -133,7 +134,7 @@ def test_rpm_admits_exactly_r_of_many_concurrent_clients(make_gateway, data):
 def test_tpm_reserves_and_settles(make_gateway, data):
     secret = KeyStore(data["keys_path"]).create("tpm", limits=Limits(tpm=300))
     gw = make_gateway(model(), **data)
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."]}
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."], "temperature": 0}
     first = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
     assert first.status == 200
     used = first.json()["usage"]["total_tokens"]
@@ -241,32 +242,6 @@ def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gate
     assert gw.pool_status(MODEL)["pids"] == []  # no worker was started for it
     ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
     assert call(f"{gw.url}/v1/completions", body).status == 200
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    import shutil
-    import socket
-    import subprocess
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed; `make test` installs it")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
 
 
 async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url):

@@ -93,6 +93,14 @@ class ModelUnavailable(LlmfnError):
     code = "model_unavailable"
 
 
+class LedgerUnavailable(LlmfnError):
+    """The usage ledger cannot take the call's row (disk full, unwritable file, write
+    backlog at its bound): the call is not dispatched unrecorded."""
+    status = 503
+    type = "server_error"
+    code = "ledger_unavailable"
+
+
 class UpstreamError(LlmfnError):
     """The worker serving the request died or broke the protocol mid-request."""
     status = 502

@@ -1,31 +1,55 @@
 """The usage ledger: every LLM call is one row in an embedded SQLite file.
 
-``Ledger.record`` runs on the event loop, so it only appends to an in-memory
-buffer; a writer thread drains the buffer in batches (one transaction each).
-Reads (``totals``, ``read``) go through their own connection: SQLite in WAL
-mode lets readers and the one writer work at the same time, so a report never
-waits for a write batch and a write never waits for a report.
+A call that is dispatched to a model is written twice, and the gateway waits
+for both commits: when it is admitted (``admit``: status ``running``, with the
+tokens it reserved) and when it ends (``complete``). In between, ``progress``
+keeps the row's token counts close to what the client has been shown. A call
+refused before admission (bad input, quota) is one ``record``ed row.
+
+One writer thread commits whatever is waiting in one transaction (group
+commit): concurrent calls share a commit and the event loop never touches the
+disk. The backlog is bounded; past the bound, or when SQLite cannot write
+(disk full, read-only file), ``admit`` fails with ``LedgerUnavailable`` (a 503)
+instead of letting a call run unrecorded or the backlog grow.
+
+A gateway killed mid-call leaves ``running`` rows; the next ``Ledger`` opened on
+the file marks them failures with error type ``interrupted``, keeping the
+tokens known. A process holds a lock file (``<ledger>.owners/<id>.lock``) while
+it may have rows in flight, so rows of a live gateway sharing the file are
+never touched. Reads go through their own connection: in WAL mode readers and
+the one writer never wait for each other.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
+import fcntl
 import logging
 import operator
 import os
 import sqlite3
 import threading
+import uuid
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+
+from runtime.errors import LedgerUnavailable
 
 if TYPE_CHECKING:  # accounting sits below the gateway; it only reads the record's shape
     from runtime.gateway.calls import CallRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
+RUNNING = "running"  # admitted, not ended: the status of a call in flight
+INTERRUPTED = "interrupted"  # the error type of a call whose gateway died under it
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (no version) is the first ledger format
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS calls (
     ts                REAL    NOT NULL,
     service_type      TEXT    NOT NULL,
     resource          TEXT    NOT NULL,
@@ -40,10 +64,17 @@ CREATE TABLE IF NOT EXISTS calls (
     ttft_ms           REAL,
     request_id        TEXT    NOT NULL,
     endpoint          TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
-CREATE INDEX IF NOT EXISTS calls_resource_model_ts ON calls (resource, model, ts);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts)",
+    "CREATE INDEX IF NOT EXISTS calls_resource_model_ts ON calls (resource, model, ts)",
+)
+# version 2: a call is a row from its admission on
+ADDED_COLUMNS = (("call_id", "TEXT"), ("reserved_tokens", "INTEGER NOT NULL DEFAULT 0"),
+                 ("owner", "TEXT"))
+INDEXES_V2 = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS calls_call_id ON calls (call_id) WHERE call_id IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS calls_running ON calls (owner) WHERE status = '{RUNNING}'",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +89,14 @@ class LedgerRow:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    status: str  # "success" | "failure"
-    error_type: str | None  # "context_length_exceeded", "cancelled", ...; None on success
+    status: str  # "success" | "failure" | "running" (admitted, not ended)
+    error_type: str | None  # "context_length_exceeded", "cancelled", "interrupted", ...; None on success
     latency_ms: float
     ttft_ms: float | None
     request_id: str = ""
     endpoint: str = ""
+    call_id: str | None = None  # set for admitted calls: their two writes meet on it
+    reserved_tokens: int = 0  # what the call reserved at admission (prompt + max tokens)
 
     @classmethod
     def from_call(cls, record: "CallRecord") -> "LedgerRow":
@@ -78,46 +111,77 @@ class LedgerRow:
             cached_tokens=record.cached_tokens, status=status, error_type=error_type,
             latency_ms=record.latency_s * 1000.0,
             ttft_ms=None if record.ttft_s is None else record.ttft_s * 1000.0,
-            request_id=record.request_id, endpoint=record.endpoint)
+            request_id=record.request_id, endpoint=record.endpoint,
+            call_id=record.call_id or None, reserved_tokens=record.reserved)
 
 
 COLUMNS = tuple(f.name for f in fields(LedgerRow))
 # attrgetter, not dataclasses.astuple: astuple deep-copies every field
 _values = operator.attrgetter(*COLUMNS)
 INSERT = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+INSERT_OWNED = (f"INSERT INTO calls ({', '.join(COLUMNS)}, owner)"
+                f" VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
+FINAL = tuple(c for c in COLUMNS if c not in ("ts", "call_id"))
+_final = operator.attrgetter(*FINAL)
+UPDATE_FINAL = f"UPDATE calls SET {', '.join(f'{c} = ?' for c in FINAL)} WHERE call_id = ?"
+PROGRESS = ("prompt_tokens", "completion_tokens", "cached_tokens", "latency_ms", "ttft_ms")
+_progress = operator.attrgetter(*PROGRESS)
+UPDATE_PROGRESS = (f"UPDATE calls SET {', '.join(f'{c} = ?' for c in PROGRESS)}"
+                   f" WHERE call_id = ? AND status = '{RUNNING}'")
+# what a call costs a budget: an unfinished call its reservation, since the tokens it
+# generated after its last progress write are unknown
+BUDGET_TOKENS = (f"CASE WHEN status = '{RUNNING}' OR error_type = '{INTERRUPTED}'"
+                 " THEN MAX(reserved_tokens, prompt_tokens + completion_tokens)"
+                 " ELSE prompt_tokens + completion_tokens END")
+# a failed write that is the row's fault, not the file's: the other rows of its batch still go in
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               sqlite3.DataError)
 
 
 def _outcome(call_status: str) -> tuple[str, str | None]:
     """``CallRecord.status`` -> (status, error_type)."""
-    if call_status == "success":
-        return "success", None
+    if call_status in ("success", RUNNING):
+        return call_status, None
     if call_status.startswith("error:"):
         return "failure", call_status.removeprefix("error:") or "unknown"
     return "failure", call_status  # "cancelled", or whatever new outcome the meter reports
 
 
-class Ledger:
-    """The ledger file at ``path`` (created with its parent folders if missing).
+@dataclass(slots=True)
+class _Op:
+    kind: Literal["admit", "complete", "insert", "barrier"]
+    row: LedgerRow | None
+    done: Future | None
 
-    ``record`` is O(1) and never blocks; rows reach the file within
-    ``flush_interval`` seconds, or sooner once ``batch_size`` rows are waiting.
-    ``flush`` and ``close`` block until the buffer is on disk.
+
+class Ledger:
+    """The ledger file at ``path`` (created with its parent folders if missing;
+    a file of an earlier format is migrated in place). Opening it marks the
+    rows of dead gateways interrupted.
+
+    ``admit`` and ``complete`` return a ``Future`` resolved once the row is
+    committed (await it on the event loop with ``committed``). At most
+    ``max_pending`` admissions and refusal rows wait for the writer.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, flush_interval: float = 0.2,
-                 batch_size: int = 500):
+    def __init__(self, path: str | os.PathLike[str], *, max_pending: int = 10_000,
+                 progress_interval: float = 0.1):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.flush_interval, self.batch_size = flush_interval, batch_size
-        # deque.append/popleft are atomic, so the event loop never takes a lock
-        self._buffer: collections.deque[LedgerRow] = collections.deque()
+        self.max_pending, self.progress_interval = max_pending, progress_interval
+        self.owner_id = uuid.uuid4().hex
+        self.dropped = 0  # refusal rows not written (backlog full or file unwritable)
+        self._lock_fd: int | None = None
         self._writer = _connect(self.path)
-        self._writer.executescript(SCHEMA)
-        self._write_lock = threading.Lock()  # one batch at a time, from the thread or flush()
+        _migrate(self._writer)
+        self.recovered = self._recover()
         self._reader = _connect(self.path)
         self._reader.execute("PRAGMA query_only = ON")
         self._read_lock = threading.Lock()  # the read connection is shared across threads
-        self._wake = threading.Event()
+        self._cv = threading.Condition()  # guards the queue; never held across I/O
+        self._ops: collections.deque[_Op] = collections.deque()
+        self._bounded = 0  # admissions and refusal rows in _ops
+        self._progress: dict[str, LedgerRow] = {}  # call id -> latest progress, coalesced
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -126,92 +190,224 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------
 
+    def admit(self, row: LedgerRow) -> Future:
+        """Queue an admitted call's row (status ``running``, with ``call_id``).
+        Raises ``LedgerUnavailable`` at once when the backlog is at its bound."""
+        fut: Future = Future()
+        self._submit(_Op("admit", row, fut), bounded=True)
+        return fut
+
+    def progress(self, row: LedgerRow) -> None:
+        """The tokens an admitted call has produced so far (latest wins; no wait)."""
+        with self._cv:
+            if self._closed:
+                return
+            if not self._progress:
+                self._cv.notify()
+            self._progress[row.call_id] = row
+
+    def complete(self, row: LedgerRow) -> Future:
+        """Queue an admitted call's final row. Never refused: what was admitted
+        must end, and admissions bound how many can wait."""
+        fut: Future = Future()
+        try:
+            self._submit(_Op("complete", row, fut), bounded=False)
+        except LedgerUnavailable as exc:
+            fut.set_exception(exc)
+        return fut
+
     def record(self, row: LedgerRow) -> None:
-        if self._closed:
-            raise RuntimeError("the ledger is closed")
-        self._buffer.append(row)
-        if len(self._buffer) >= self.batch_size:
-            self._wake.set()
+        """Queue the row of a call that was never admitted (no wait). With the
+        backlog at its bound the row is dropped and counted in ``dropped``."""
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the ledger is closed")
+        try:
+            self._submit(_Op("insert", row, None), bounded=True)
+        except LedgerUnavailable:
+            self.dropped += 1
+            log.warning("ledger backlog full: a refused call's row was dropped (%d so far)",
+                        self.dropped)
 
     def flush(self) -> None:
-        """Write every buffered row now (blocking)."""
-        self._write_pending()
+        """Block until everything queued so far was written (or failed)."""
+        fut: Future = Future()
+        self._submit(_Op("barrier", None, fut), bounded=False)
+        fut.result()
 
     def close(self) -> None:
-        """Flush, stop the writer thread and close the file. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Write what is queued, mark this process's unfinished calls interrupted,
+        stop the writer thread and close the file. Idempotent."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify()
         atexit.unregister(self.close)
-        self._wake.set()
         self._thread.join()
         try:
-            self._write_pending()
+            if self._lock_fd is not None:
+                self._interrupt(self.owner_id)
+        except sqlite3.Error:
+            log.exception("ledger: unfinished calls stay running until the next start")
         finally:
-            with self._write_lock, self._read_lock:
+            self._release()
+            with self._read_lock:
                 self._writer.close()
                 self._reader.close()
 
+    def _submit(self, op: _Op, *, bounded: bool) -> None:
+        with self._cv:
+            if self._closed:
+                raise LedgerUnavailable("The usage ledger is closed (the gateway is stopping).")
+            if bounded:
+                if self._bounded >= self.max_pending:
+                    raise LedgerUnavailable(
+                        f"The usage ledger is {self.max_pending} writes behind; the call was not "
+                        "run. Try again later.")
+                self._bounded += 1
+            self._ops.append(op)
+            self._cv.notify()
+
     def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
+        while True:
+            with self._cv:
+                while not (self._ops or self._progress or self._closed):
+                    self._cv.wait()
+                if not self._ops and not self._closed:  # progress only: let a few more gather
+                    self._cv.wait(self.progress_interval)
+                if self._closed and not self._ops and not self._progress:
+                    return
+                ops, self._ops = list(self._ops), collections.deque()
+                self._bounded = 0
+                progress, self._progress = self._progress, {}
+            self._write(ops, progress)
+
+    def _write(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
+        try:
+            self._commit(ops, progress)
+        except _ROW_ERRORS:
+            self._write_each(ops, progress)  # a row the database refuses must not sink the rest
+        except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad batch
+            self._fail(ops, exc)
+        else:
+            _resolve(ops)
+
+    def _write_each(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
+        for op in ops:
             try:
-                self._write_pending()
-            except Exception:  # noqa: BLE001 - the thread must outlive a bad tick
-                # the batch went back to the buffer; try again on the next tick
-                log.exception("ledger write failed; %d rows kept in memory", len(self._buffer))
+                self._commit([op], {})
+            except Exception as exc:  # noqa: BLE001
+                self._fail([op], exc)
+            else:
+                _resolve([op])
+        try:
+            self._commit([], progress)
+        except Exception:  # noqa: BLE001 - progress is refreshed by the next one
+            log.exception("ledger: a progress write failed")
 
-    def _write_pending(self) -> None:
-        with self._write_lock:
-            batch = self._drain()
-            if not batch:
-                return
-            try:
-                self._insert(batch)
-            except sqlite3.OperationalError:
-                # the file is busy, full or unreachable: keep the rows, in order
-                self._buffer.extendleft(reversed(batch))
-                raise
-            except sqlite3.Error:
-                self._insert_each(batch)  # a row the database refuses must not block the rest
+    def _fail(self, ops: list[_Op], exc: Exception) -> None:
+        error = LedgerUnavailable(f"The usage ledger cannot record the call ({exc}).")
+        dropped = 0
+        for op in ops:
+            if op.done is not None:
+                if op.kind == "barrier":
+                    op.done.set_result(None)
+                else:
+                    _settle(op.done, error)
+            elif op.kind == "insert":
+                dropped += 1
+        self.dropped += dropped
+        log.error("ledger write failed (%s): %d calls not recorded", exc, len(ops))
 
-    def _insert(self, batch: list[LedgerRow]) -> None:
-        with self._writer:  # one transaction: commit on success, roll back on error
-            self._writer.executemany(INSERT, [_values(row) for row in batch])
+    def _commit(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
+        """One transaction for the batch: every row in it or none."""
+        if not progress and all(op.kind == "barrier" for op in ops):
+            return
+        c = self._writer
+        if any(op.kind == "admit" for op in ops):
+            self._own()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                if op.kind == "admit":
+                    c.execute(INSERT_OWNED, (*_values(op.row), self.owner_id))
+                elif op.kind == "complete":
+                    if c.execute(UPDATE_FINAL, (*_final(op.row), op.row.call_id)).rowcount == 0:
+                        c.execute(INSERT, _values(op.row))  # its admission was never written
+                elif op.kind == "insert":
+                    c.execute(INSERT, _values(op.row))
+            if progress:
+                c.executemany(UPDATE_PROGRESS, [(*_progress(r), cid) for cid, r in progress.items()])
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
-    def _insert_each(self, batch: list[LedgerRow]) -> None:
-        for i, row in enumerate(batch):
-            try:
-                self._insert([row])
-            except sqlite3.OperationalError:
-                self._buffer.extendleft(reversed(batch[i:]))
-                raise
-            except sqlite3.Error:
-                log.error("ledger dropped a row it cannot store: %r", row)
+    # -- owners and recovery -------------------------------------------------
 
-    def _drain(self) -> list[LedgerRow]:
-        batch = []
-        while self._buffer:
-            batch.append(self._buffer.popleft())
-        return batch
+    def _own(self) -> None:
+        """Hold this process's lock file before its first running row is written."""
+        if self._lock_fd is not None:
+            return
+        owners = _owners_dir(self.path)
+        owners.mkdir(mode=0o700, exist_ok=True)
+        # locked under a temporary name, then renamed: nobody sees it unlocked
+        tmp = owners / f".{self.owner_id}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, owners / f"{self.owner_id}.lock")
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is None:
+            return
+        (_owners_dir(self.path) / f"{self.owner_id}.lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _recover(self) -> int:
+        """Mark the running rows of dead owners interrupted; the number marked."""
+        try:
+            owners = [r[0] for r in self._writer.execute(
+                f"SELECT DISTINCT owner FROM calls WHERE status = '{RUNNING}'")]
+            marked = 0
+            for owner in owners:
+                with _dead(self.path, owner) as dead:
+                    if dead:
+                        marked += self._interrupt(owner)
+            _sweep(self.path)
+        except (sqlite3.Error, OSError):
+            log.exception("ledger: interrupted calls stay running until the next start")
+            return 0
+        if marked:
+            log.warning("ledger: %d calls were in flight when a gateway stopped; marked %s",
+                        marked, INTERRUPTED)
+        return marked
+
+    def _interrupt(self, owner: str | None) -> int:
+        cur = self._writer.execute(
+            f"UPDATE calls SET status = 'failure', error_type = '{INTERRUPTED}'"
+            f" WHERE owner IS ? AND status = '{RUNNING}'", (owner,))
+        return cur.rowcount
 
     # -- reading -----------------------------------------------------------
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run a read-only query on the read connection (blocking; callers on
-        the event loop use an executor). Buffered rows are flushed first, so a
-        read sees every row recorded before it."""
+        the event loop use an executor). What was queued before is written
+        first, so a read sees every row recorded before it."""
         self.flush()
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
 
     def totals(self, resource: str, model: str | None, since: float, *,
                service_type: str | None = None) -> int:
-        """Tokens (prompt + completion) ``resource`` spent since ``since``,
-        for one model or all; what start-up uses to rebuild token budgets."""
-        sql = ("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM calls"
-               " WHERE resource = ? AND ts >= ?")
+        """Tokens ``resource`` spent since ``since``, for one model or all: what
+        start-up rebuilds token budgets from. A call in flight or interrupted
+        counts its reservation, so a crash never gives back a spent budget."""
+        sql = f"SELECT COALESCE(SUM({BUDGET_TOKENS}), 0) FROM calls WHERE resource = ? AND ts >= ?"
         params: list[Any] = [resource, since]
         if model is not None:
             sql += " AND model = ?"
@@ -222,9 +418,99 @@ class Ledger:
         return int(self.read(sql, params)[0][0])
 
 
+async def committed(fut: Future) -> None:
+    """Wait on the event loop for a write of the writer thread. A waiter that is
+    cancelled leaves the write alone: it is committed all the same."""
+    inner = asyncio.wrap_future(fut)
+    inner.add_done_callback(_retrieve)
+    await asyncio.shield(inner)
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # read, so that an abandoned wait logs no "never retrieved"
+
+
+def _resolve(ops: list[_Op]) -> None:
+    for op in ops:
+        if op.done is not None:
+            _settle(op.done, None)
+
+
+def _settle(fut: Future, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def _owners_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".owners")
+
+
+@contextmanager
+def _dead(path: Path, owner: str | None) -> Iterator[bool]:
+    """Whether ``owner`` is gone (its lock file missing or unlocked); a dead
+    owner's file stays locked by us until its rows are marked, then goes."""
+    lock = _owners_dir(path) / f"{owner}.lock"
+    if owner is None or "/" in owner:
+        yield owner is None
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+        lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _sweep(path: Path) -> None:
+    """Remove the lock files of owners that died with nothing in flight."""
+    owners = _owners_dir(path)
+    if not owners.is_dir():
+        return
+    for lock in owners.glob("*.lock"):
+        with _dead(path, lock.stem):
+            pass
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the table, or bring a ledger of an earlier format up to date."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # two processes opening one old file migrate it once
+    try:
+        for statement in SCHEMA:
+            conn.execute(statement)
+        have = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
+        for name, declaration in ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {declaration}")
+        for statement in INDEXES_V2:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    # check_same_thread=False: each connection is guarded by its own lock instead
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+    # check_same_thread=False: each connection is used by one thread at a time (the
+    # writer thread, or under the read lock); isolation_level=None: explicit transactions
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
     return conn

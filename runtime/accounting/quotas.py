@@ -2,8 +2,10 @@
 minute over exact sliding windows, and token budgets per UTC day and month.
 
 TPM reserves ``prompt_tokens + max_tokens`` before dispatch and settles to the
-real count after the call. A budget admits calls while anything is left of it,
-so it can be overrun by at most the calls already in flight. Counters live in the process (``MemoryCounters``,
+real count after the call. A budget counts what calls spent plus what calls in
+flight reserved, and admits a call while anything is left of that; a call
+that never settles (its gateway died) keeps its reservation on the budget, so
+a crash never gives a budget back. Counters live in the process (``MemoryCounters``,
 exact because the event loop admits one request at a time) or in Redis
 (``RedisCounters``, one Lua script per decision, so several gateways hold one
 limit). Budgets are rebuilt from the ledger on first use after a start."""
@@ -121,6 +123,9 @@ class MemoryCounters:
         self._tokens: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
         self._token_sum: dict[str, int] = collections.defaultdict(int)
         self._spent: dict[tuple[str, str], int] = collections.defaultdict(int)
+        # budget tokens reserved by calls in flight, per (subject, period), and per grant
+        self._pending: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self._grants: dict[str, tuple[list[tuple[str, str]], int]] = {}
 
     def _expire(self, subject: str, now: float) -> None:
         reqs = self._requests[subject]
@@ -147,13 +152,15 @@ class MemoryCounters:
         if limits.tpm is not None:
             d.tokens_left = limits.tpm - used_tokens
             d.reset_tokens_s = (_oldest(toks) + WINDOW_S - now) if toks else 0.0
-        for which, key, cap in (("daily", day, limits.daily_tokens), ("monthly", month, limits.monthly_tokens)):
-            if cap is not None:
-                left = cap - self._spent[(subject, key)]
-                d.budget_left[which] = left
-                if left <= 0:
-                    d.reason = which
-                    return d
+        budgets = [(which, (subject, key), cap) for which, key, cap in
+                   (("daily", day, limits.daily_tokens), ("monthly", month, limits.monthly_tokens))
+                   if cap is not None]
+        for which, period, cap in budgets:
+            left = cap - self._spent[period] - self._pending[period]
+            d.budget_left[which] = left
+            if left <= 0:
+                d.reason = which
+                return d
         if limits.rpm is not None and len(reqs) >= limits.rpm:
             d.reason = "rpm"
             return d
@@ -166,6 +173,10 @@ class MemoryCounters:
                 d.reset_tokens_s = _tokens_free_at(toks, limits.tpm - tokens, now) - now
                 return d
         d.admitted = True
+        for _, period, _ in budgets:
+            self._pending[period] += tokens
+        if budgets:
+            self._grants[grant_id] = ([period for _, period, _ in budgets], tokens)
         if limits.rpm is not None:
             reqs.append(now)
             d.requests_left = limits.rpm - len(reqs)
@@ -182,6 +193,9 @@ class MemoryCounters:
         if entry is not None:
             self._token_sum[subject] += actual - entry[1]
             entry[1] = actual  # the window keeps its place, with the real count
+        held, reserved = self._grants.pop(grant_id, ([], 0))
+        for period in held:
+            self._pending[period] -= reserved
         day, month = periods(self.clock())
         self._spent[(subject, day)] += actual
         self._spent[(subject, month)] += actual
@@ -313,8 +327,9 @@ local function oldest(key)
   if #o == 0 then return now end
   return tonumber(o[2])
 end
-local spent_d = tonumber(redis.call('GET', KEYS[4]) or '0')
-local spent_m = tonumber(redis.call('GET', KEYS[5]) or '0')
+-- a budget is what was spent plus what calls in flight reserved (KEYS[6], KEYS[7])
+local spent_d = tonumber(redis.call('GET', KEYS[4]) or '0') + tonumber(redis.call('GET', KEYS[6]) or '0')
+local spent_m = tonumber(redis.call('GET', KEYS[5]) or '0') + tonumber(redis.call('GET', KEYS[7]) or '0')
 local reason = ''
 if daily >= 0 and daily - spent_d <= 0 then reason = 'daily'
 elseif monthly >= 0 and monthly - spent_m <= 0 then reason = 'monthly'
@@ -326,6 +341,14 @@ if reason == '' then
   redis.call('ZADD', KEYS[2], now, id)
   redis.call('HSET', KEYS[3], id, tokens)
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], math.ceil(win * 2)) end
+  if daily >= 0 then
+    redis.call('INCRBY', KEYS[6], tokens)
+    redis.call('EXPIRE', KEYS[6], 172800)
+  end
+  if monthly >= 0 then
+    redis.call('INCRBY', KEYS[7], tokens)
+    redis.call('EXPIRE', KEYS[7], 2764800)
+  end
   nreq = nreq + 1
   used = used + tokens
 end
@@ -336,6 +359,9 @@ return {reason, tostring(rpm - nreq), tostring(tpm - used),
 
 _SETTLE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+-- the reservation leaves the budgets it was held on (KEYS[4], KEYS[5]: its periods')
+if ARGV[4] == '1' then redis.call('DECRBY', KEYS[4], ARGV[3]) end
+if ARGV[5] == '1' then redis.call('DECRBY', KEYS[5], ARGV[3]) end
 redis.call('INCRBY', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[2], 172800)
 redis.call('INCRBY', KEYS[3], ARGV[2])
@@ -356,15 +382,18 @@ class RedisCounters:
         self.prefix = prefix
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
+        self._held: dict[str, list[str]] = {}  # grant id -> its budgets' reservation keys
 
     def _keys(self, subject: str) -> list[str]:
         day, month = periods(time.time())
         p = f"{self.prefix}:{{{subject}}}"  # one hash slot per subject (Redis Cluster)
-        return [f"{p}:req", f"{p}:tok", f"{p}:tokn", f"{p}:spent:{day}", f"{p}:spent:{month}"]
+        return [f"{p}:req", f"{p}:tok", f"{p}:tokn", f"{p}:spent:{day}", f"{p}:spent:{month}",
+                f"{p}:held:{day}", f"{p}:held:{month}"]
 
     async def reserve(self, subject: str, limits: Limits, tokens: int, grant_id: str) -> Decision:
         opt = lambda v: -1 if v is None else v  # noqa: E731
-        raw = await self._reserve(keys=self._keys(subject), args=[
+        keys = self._keys(subject)
+        raw = await self._reserve(keys=keys, args=[
             opt(limits.rpm), opt(limits.tpm), opt(limits.daily_tokens), opt(limits.monthly_tokens),
             tokens, grant_id, WINDOW_S])
         reason, req_left, tok_left, reset_req, reset_tok, day_left, month_left = (
@@ -377,11 +406,16 @@ class RedisCounters:
             d.budget_left["daily"] = int(float(day_left))
         if limits.monthly_tokens is not None:
             d.budget_left["monthly"] = int(float(month_left))
+        if d.admitted:
+            self._held[grant_id] = keys[5:]  # settled on the periods it was reserved in
         return d
 
     async def settle(self, subject: str, limits: Limits, grant_id: str, reserved: int, actual: int) -> None:
         keys = self._keys(subject)
-        await self._settle(keys=[keys[2], keys[3], keys[4]], args=[grant_id, actual])
+        held = self._held.pop(grant_id, keys[5:])
+        await self._settle(keys=[keys[2], keys[3], keys[4], *held], args=[
+            grant_id, actual, reserved, int(limits.daily_tokens is not None),
+            int(limits.monthly_tokens is not None)])
 
     async def spent(self, subject: str, which: str) -> int:
         key = self._keys(subject)[3 if which == "daily" else 4]

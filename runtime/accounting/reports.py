@@ -3,7 +3,9 @@ latencies, grouped per UTC day, model or resource, for the CLI
 (``render_text``), ``GET /v1/usage`` and the usage page (the report dict).
 
 The sums and the exact medians are computed in SQLite (window functions), so a
-three-month report never loads its rows into Python.
+three-month report never loads its rows into Python. Calls still in flight are
+left out until they end; calls interrupted by a crash are failures with the
+tokens the ledger knew.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import re
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Literal
 
-from runtime.accounting.ledger import Ledger
+from runtime.accounting.ledger import RUNNING, Ledger
 
 DAY = 86400.0
 MAX_PERIOD_DAYS = 92  # "up to 3 months": the longest three calendar months
@@ -66,7 +68,7 @@ def usage_report(ledger: Ledger, *, service_type: str | None = None, resource: s
 
 def _where(service_type: str | None, resource: str | None, model: str | None,
            since: float, until: float) -> tuple[str, list[Any]]:
-    clauses, params = ["ts >= ?", "ts < ?"], [since, until]
+    clauses, params = ["ts >= ?", "ts < ?", f"status != '{RUNNING}'"], [since, until]
     for column, value in (("service_type", service_type), ("resource", resource), ("model", model)):
         if value is not None:
             clauses.append(f"{column} = ?")

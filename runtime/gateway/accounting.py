@@ -1,11 +1,14 @@
 """The gateway's side of accounting: which limits apply to a caller and model,
-reserving and settling them around a call, the ledger sink, and the usage,
+admitting a call (quota, then its ledger row) and settling it, the ledger
+journal, and the usage,
 quota and key routes. The arithmetic lives in ``runtime.accounting``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -15,9 +18,12 @@ from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
 from runtime.accounting.reports import parse_period, usage_report
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
-from runtime.gateway.calls import CallRecord
+from runtime.gateway.calls import CallMeter, CallRecord
 from runtime.gateway.errors import parse_body
 from runtime.gateway.schemas import KeyCreateRequest
+from runtime.gateway.state import AUTH
+
+log = logging.getLogger("llmfn.gateway")
 
 
 @dataclass
@@ -50,6 +56,19 @@ def subject_of(principal: Principal) -> tuple[str, str]:
 class Accounting:
     def __init__(self, policy: QuotaPolicy, book: QuotaBook, ledger: Ledger | None):
         self.policy, self.book, self.ledger = policy, book, ledger
+        self.journal = LedgerJournal(ledger) if ledger is not None else None
+
+    async def admit(self, meter: CallMeter, tokens: int, prompt_tokens: int = 0) -> Grant | None:
+        """Admit a call before it is dispatched: reserve ``tokens`` against the
+        caller's limits (429s), then wait until the ledger has its row (503 when
+        it cannot). A refused call gives its reservation back."""
+        grant = await self.reserve(meter.principal, meter.model, tokens)
+        try:
+            await meter.admit(tokens, prompt_tokens)
+        except BaseException:
+            await self.settle(grant, 0)
+            raise
+        return grant
 
     async def reserve(self, principal: Principal, model: str, tokens: int) -> Grant | None:
         limits = self.book.limits(principal, model)
@@ -66,9 +85,29 @@ class Accounting:
         kind, resource = subject_of(principal)
         return await self.policy.remaining(kind, resource, model, self.book.limits(principal, model))
 
-    def record(self, call: CallRecord) -> None:
-        if self.ledger is not None:
-            self.ledger.record(LedgerRow.from_call(call))
+
+class LedgerJournal:
+    """A call's life in the ledger (``runtime.gateway.calls.Journal``): its row
+    at admission, its progress, its end; a call never admitted is one row."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def admit(self, record: CallRecord) -> Future:
+        return self.ledger.admit(LedgerRow.from_call(record))
+
+    def progress(self, record: CallRecord) -> None:
+        self.ledger.progress(LedgerRow.from_call(record))
+
+    def end(self, record: CallRecord, admitted: bool) -> Future | None:
+        row = LedgerRow.from_call(record)
+        if admitted:
+            return self.ledger.complete(row)
+        try:
+            self.ledger.record(replace(row, call_id=None, reserved_tokens=0))  # refused, never ran
+        except RuntimeError:  # closed: the gateway is stopping
+            log.warning("the ledger is closed; a refused call was not recorded")
+        return None
 
 
 ACCOUNTING = web.AppKey("accounting", Accounting)

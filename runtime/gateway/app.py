@@ -175,7 +175,8 @@ def build_app(config: GatewayConfig) -> web.Application:
     metrics = Metrics()
     acct = _accounting(config, keys)
     calls = Calls()
-    calls.sinks += [metrics.observe_call, _tally(invocations), acct.record]
+    calls.sinks += [metrics.observe_call, _tally(invocations)]
+    calls.journal = acct.journal
     calls.on_first_token.append(metrics.observe_ttft)
     app[CALLS] = calls
     app[INVOCATIONS] = invocations

@@ -1,13 +1,22 @@
 """One LLM call, measured once: ``CallMeter`` times it and hands a ``CallRecord``
-to every sink (metrics, the per-invocation tally, the ledger)."""
+to every sink (metrics, the per-invocation tally) and to the journal (the
+ledger), which sees the call's whole life: admitted, progressing, ended."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
+from runtime.accounting.ledger import committed
+from runtime.errors import LlmfnError
 from runtime.gateway.auth import Principal
+
+log = logging.getLogger("llmfn.gateway")
+PROGRESS_INTERVAL_S = 0.1  # how often a call in flight updates its ledger row, at most
 
 
 @dataclass(frozen=True)
@@ -16,13 +25,15 @@ class CallRecord:
     principal: Principal
     model: str
     endpoint: str
-    status: str  # "success" | "error:<code>" | "cancelled"
+    status: str  # "success" | "error:<code>" | "cancelled" | "running" (admitted, in flight)
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
     latency_s: float
     ttft_s: float | None
     request_id: str = ""
+    call_id: str = ""
+    reserved: int = 0  # tokens reserved at admission
 
     @property
     def ok(self) -> bool:
@@ -32,11 +43,20 @@ class CallRecord:
 Sink = Callable[[CallRecord], None]
 
 
+class Journal(Protocol):
+    """The durable side of a call (the ledger). ``admit`` raises when the call
+    cannot be recorded; the futures resolve once a write is committed."""
+    def admit(self, record: CallRecord) -> Future: ...
+    def progress(self, record: CallRecord) -> None: ...
+    def end(self, record: CallRecord, admitted: bool) -> Future | None: ...
+
+
 class Calls:
-    """Where finished calls go."""
+    """Where calls go: the journal through their life, the sinks when they end."""
 
     def __init__(self) -> None:
         self.sinks: list[Sink] = []
+        self.journal: Journal | None = None
         self.on_first_token: list[Callable[[str, float], None]] = []
 
     def meter(self, model: str, endpoint: str, principal: Principal, request_id: str = "") -> "CallMeter":
@@ -47,10 +67,36 @@ class CallMeter:
     def __init__(self, calls: Calls, model: str, endpoint: str, principal: Principal, request_id: str):
         self.calls, self.model, self.endpoint = calls, model, endpoint
         self.principal, self.request_id = principal, request_id
+        self.call_id = uuid.uuid4().hex
         self.at = time.time()
         self.started = time.monotonic()
         self.ttft: float | None = None
+        self.reserved = 0
+        self.admitted = False
         self.recorded = False
+        self._written: Future | None = None
+        self._progress_at = 0.0
+
+    def record(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> CallRecord:
+        return CallRecord(self.at, self.principal, self.model, self.endpoint, status, prompt,
+                          completion, cached, time.monotonic() - self.started, self.ttft,
+                          self.request_id, self.call_id, self.reserved)
+
+    async def admit(self, reserved: int, prompt: int = 0) -> None:
+        """Record the call as admitted and wait for the commit: only then may it
+        reach a worker. Raises ``LedgerUnavailable`` when it cannot be recorded."""
+        self.reserved = reserved
+        journal = self.calls.journal
+        if journal is None:
+            self.admitted = True
+            return
+        written = journal.admit(self.record("running", prompt))
+        self.admitted = True  # queued: from now on the call's end updates that row
+        try:
+            await committed(written)
+        except asyncio.CancelledError:
+            self.done("cancelled", prompt)  # the client left while its row was written
+            raise
 
     def first_token(self) -> None:
         if self.ttft is None:
@@ -58,17 +104,44 @@ class CallMeter:
             for hook in self.calls.on_first_token:
                 hook(self.model, self.ttft)
 
+    def progress(self, prompt: int, completion: int, cached: int = 0) -> None:
+        """Tokens so far, so that a crash loses little of them (throttled)."""
+        journal = self.calls.journal
+        if journal is None or not self.admitted or self.recorded:
+            return
+        now = time.monotonic()
+        if now - self._progress_at >= PROGRESS_INTERVAL_S:
+            self._progress_at = now
+            journal.progress(self.record("running", prompt, completion, cached))
+
     def done(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
         if self.recorded:
             return
         self.recorded = True
-        record = CallRecord(self.at, self.principal, self.model, self.endpoint, status, prompt,
-                            completion, cached, time.monotonic() - self.started, self.ttft,
-                            self.request_id)
+        record = self.record(status, prompt, completion, cached)
+        if self.calls.journal is not None:
+            self._written = self.calls.journal.end(record, self.admitted)
         try:  # after the response is on its way: the sinks are not the caller's wait
             asyncio.get_running_loop().call_soon(self._record, record)
         except RuntimeError:  # no loop (a synchronous caller)
             self._record(record)
+
+    async def finish(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
+        """``done``, then wait until the ledger holds the outcome, so that the end
+        of the response never reaches the client before it. A success that cannot
+        be recorded raises ``LedgerUnavailable``; an error goes out regardless
+        (its row stays running and is marked interrupted at the next start)."""
+        if self.recorded:
+            return
+        self.done(status, prompt, completion, cached)
+        if self._written is None:
+            return
+        try:
+            await committed(self._written)
+        except LlmfnError:
+            if status == "success":
+                raise
+            log.warning("the ledger could not record the end of call %s (%s)", self.request_id, status)
 
     def _record(self, record: CallRecord) -> None:
         for sink in self.calls.sinks:

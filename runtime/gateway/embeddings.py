@@ -55,18 +55,20 @@ async def _metered(request: web.Request, pool, meter, estimate: int,
     """Reserve ``estimate`` tokens, run ``call(lease)`` on a worker, settle to
     the tokens it reports."""
     acct = request.app[ACCOUNTING]
-    grant = await acct.reserve(meter.principal, pool.name, estimate)
+    grant = await acct.admit(meter, estimate, estimate)
     request[RATE_HEADERS] = grant.headers() if grant else {}
     try:
         async with pool.lease() as lease:
             result, tokens = await call(lease)
     except LlmfnError as err:
-        meter.done(f"error:{err.code}")
+        await meter.finish(f"error:{err.code}")
         await acct.settle(grant, 0)
         raise
     meter.first_token()
-    meter.done("success", tokens)
-    await acct.settle(grant, tokens)
+    try:
+        await meter.finish("success", tokens)
+    finally:
+        await acct.settle(grant, tokens)
     return result, tokens
 
 

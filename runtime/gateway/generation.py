@@ -93,15 +93,16 @@ class Generation:
         self.prompt_tokens = sum(len(p.tokens) for p in prompts)
         # TPM reserves the prompt plus everything the call may generate.
         acct = self.request.app[ACCOUNTING]
-        grant = await acct.reserve(self.meter.principal, self.pool.name,
-                                   self.prompt_tokens + self.req.n * sum(limits))
+        grant = await acct.admit(self.meter, self.prompt_tokens + self.req.n * sum(limits),
+                                 self.prompt_tokens)
         self.headers = grant.headers() if grant else {}
         try:
             if self.req.stream:
                 return await self._stream(prompts, limits)
             return await self._whole(prompts, limits)
         except LlmfnError as err:
-            self.meter.done(f"error:{err.code}", self.prompt_tokens, self.completion_tokens + self.partial)
+            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
+                                    self.completion_tokens + self.partial)
             raise
         except BaseException:
             # Client went away (cancelled) or a bug: still count what was generated.
@@ -148,6 +149,7 @@ class Generation:
                         if ev.text:
                             self.meter.first_token()
                         self.running[base + ev.index] = ev.tokens
+                        self.meter.progress(self.prompt_tokens, self.completion_tokens + self.partial)
                     elif isinstance(ev, ChoiceDone):
                         self.running.pop(base + ev.index, None)
                         self.completion_tokens += ev.completion_tokens
@@ -176,7 +178,7 @@ class Generation:
                     c.finish, c.tokens = ev.finish_reason, ev.completion_tokens
         choices = [self._choice(states[i]) for i in sorted(states)]
         usage = self._usage()
-        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         cls = s.ChatCompletion if self.chat else s.Completion
         body = cls(id=self.id, created=self.created, model=self.req.model, choices=choices, usage=usage)
         return web.json_response(text=body.model_dump_json(exclude_none=True),
@@ -231,13 +233,14 @@ class Generation:
                             await out.send_raw(chunk)
                         else:  # a choice's end: leaves with what follows it
                             out.hold_raw(chunk)
+            usage = self._usage()
+            await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         except LlmfnError as err:
             if not out.started:
                 raise
-            self.meter.done(f"error:{err.code}", self.prompt_tokens, self.completion_tokens + self.partial)
+            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
+                                    self.completion_tokens + self.partial)
             return await out.fail(err.body())
-        usage = self._usage()
-        self.meter.done("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         if opts.include_usage or opts.continuous_usage_stats:
             out.hold_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")
         return await out.done()

@@ -5,15 +5,20 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
+from contextlib import closing
 from urllib.parse import urlparse
 
 import pytest
 
 from runtime.accounting.keys import KeyStore
-from runtime.accounting.ledger import Ledger
+from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Limits
+from runtime.errors import LedgerUnavailable
+from runtime.gateway.accounting import ACCOUNTING
+from tests.e2e.test_accounting_cli import redis_url  # noqa: F401 (a real redis-server, a fixture)
 from tests.integration.conftest import MODEL
 from tests.support.gateway import call, model
 
@@ -129,7 +134,7 @@ def test_rpm_admits_exactly_r_of_many_concurrent_clients(make_gateway, data):
 def test_tpm_reserves_and_settles(make_gateway, data):
     secret = KeyStore(data["keys_path"]).create("tpm", limits=Limits(tpm=300))
     gw = make_gateway(model(), **data)
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."]}
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."], "temperature": 0}
     first = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
     assert first.status == 200
     used = first.json()["usage"]["total_tokens"]
@@ -196,3 +201,63 @@ def test_model_default_limits_apply_to_every_caller(make_gateway, data):
     body = {"model": MODEL, "input": "x"}
     for key in (a, b):  # each caller has its own window of the model's limit
         assert [call(f"{gw.url}/v1/embeddings", body, headers=_bearer(key)).status for _ in range(3)] == [200, 200, 429]
+
+
+def _on_disk(path) -> dict[str, tuple]:
+    """request id -> (status, prompt, completion), read on a connection of its own (no flush)."""
+    with closing(sqlite3.connect(path)) as conn:
+        return {r[0]: r[1:] for r in conn.execute(
+            "SELECT request_id, status, prompt_tokens, completion_tokens FROM calls")}
+
+
+def test_a_call_is_in_the_ledger_before_its_response_ends(make_gateway, data):
+    gw = make_gateway(model(), **data)
+    whole = call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3})
+    usage = whole.json()["usage"]
+    assert _on_disk(data["ledger_path"])[whole.headers["x-request-id"]] == (
+        "success", usage["prompt_tokens"], usage["completion_tokens"])
+    stream = call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 3,
+                                               "stream": True, "stream_options": {"include_usage": True}})
+    usage = stream.events()[-2]["usage"]
+    assert _on_disk(data["ledger_path"])[stream.headers["x-request-id"]] == (
+        "success", usage["prompt_tokens"], usage["completion_tokens"])
+
+
+def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, data):
+    gw = make_gateway(model(), **data)
+    ledger = gw.app[ACCOUNTING].ledger
+    pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
+    ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(LedgerUnavailable):
+        for i in range(2000):
+            ledger.admit(LedgerRow(time.time(), "key", "filler", None, MODEL, 1, 0, 0, "running", None,
+                                   0.0, None, call_id=f"filler-{i}")).result(10)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 3}
+    refused = call(f"{gw.url}/v1/completions", body)
+    assert refused.status == 503
+    error = refused.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
+    assert "full" in error["message"]
+    assert gw.pool_status(MODEL)["pids"] == []  # no worker was started for it
+    ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert call(f"{gw.url}/v1/completions", body).status == 200
+
+
+async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url):
+    from runtime.accounting.quotas import QuotaPolicy, RedisCounters
+    from runtime.errors import QuotaExhausted
+
+    limits = Limits(daily_tokens=100)
+    crashed = QuotaPolicy(RedisCounters(redis_url, prefix="t"))
+    await crashed.reserve("key", "k", MODEL, limits, 60)
+    await crashed.reserve("key", "k", MODEL, limits, 50)  # in flight when its gateway dies
+    await crashed.counters.close()
+    restarted = QuotaPolicy(RedisCounters(redis_url, prefix="t"))
+    with pytest.raises(QuotaExhausted):
+        await restarted.reserve("key", "k", MODEL, limits, 1)
+    # a call that ends gives back what it did not use
+    other = await restarted.reserve("key", "other", MODEL, limits, 90)
+    await restarted.settle(other, 30)
+    assert (await restarted.reserve("key", "other", MODEL, limits, 1)).decision.budget_left["daily"] == 70
+    await restarted.counters.close()

@@ -1,15 +1,24 @@
 """The usage ledger (SQLite, writer thread) and the usage reports built on it."""
 from __future__ import annotations
 
+import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from contextlib import closing
 from dataclasses import astuple
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
 from runtime.accounting import Ledger, LedgerRow, usage_report
+from runtime.accounting.ledger import COLUMNS, committed
+from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy
+from runtime.errors import LedgerUnavailable, QuotaExhausted
 from runtime.accounting.reports import parse_period, render_text
 from runtime.gateway.auth import Principal
 from runtime.gateway.calls import CallRecord
@@ -53,7 +62,7 @@ def test_recorded_rows_are_readable_after_flush(ledger):
     written = row(prompt=7, completion=3, cached=2)
     ledger.record(written)
     ledger.flush()
-    stored = ledger.read("SELECT * FROM calls")
+    stored = ledger.read(f"SELECT {', '.join(COLUMNS)} FROM calls")
     assert stored == [astuple(written)]
 
 
@@ -70,7 +79,7 @@ def test_a_thousand_rows_recorded_quickly_are_all_written(ledger):
 
 
 def test_the_writer_thread_writes_without_a_flush(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db", flush_interval=0.01)
+    ledger = Ledger(tmp_path / "ledger.db")
     try:
         ledger.record(row())
         # read on a separate connection, which does not flush
@@ -100,7 +109,7 @@ def test_rows_survive_close_and_reopen(tmp_path):
 
 def test_close_writes_what_is_still_buffered(tmp_path):
     path = tmp_path / "ledger.db"
-    ledger = Ledger(path, flush_interval=3600, batch_size=10_000)  # the thread would not flush
+    ledger = Ledger(path)
     for i in range(50):
         ledger.record(row(JAN1 + i))
     ledger.close()
@@ -165,6 +174,224 @@ def test_totals_can_tell_a_function_from_a_key_of_the_same_name(ledger):
     ledger.record(row(service_type="key", resource="same", prompt=10, completion=0))
     assert ledger.totals("same", None, 0) == 11
     assert ledger.totals("same", None, 0, service_type="key") == 10
+
+
+# -- a call's life: admitted, progressing, ended; crashes and full disks --------
+
+def admitted(call_id: str, *, resource: str = "k", reserved: int = 100, prompt: int = 10,
+             completion: int = 0, status: str = "running") -> LedgerRow:
+    return LedgerRow(ts=time.time(), service_type="key", resource=resource, invocation_id=None,
+                     model="gemma", prompt_tokens=prompt, completion_tokens=completion,
+                     cached_tokens=0, status=status, error_type=None, latency_ms=1.0, ttft_ms=None,
+                     request_id=f"req-{call_id}", endpoint="completions", call_id=call_id,
+                     reserved_tokens=reserved)
+
+
+def on_disk(path) -> dict[str, tuple]:
+    """call id -> (status, error_type, prompt, completion), read on a connection of its own."""
+    with closing(sqlite3.connect(path)) as conn:
+        return {r[0]: r[1:] for r in conn.execute(
+            "SELECT call_id, status, error_type, prompt_tokens, completion_tokens FROM calls")}
+
+
+def test_an_admitted_call_is_on_disk_before_admit_returns(ledger):
+    ledger.admit(admitted("c1")).result(10)
+    assert on_disk(ledger.path) == {"c1": ("running", None, 10, 0)}
+
+
+def test_the_end_of_a_call_replaces_its_admitted_row(ledger):
+    ledger.admit(admitted("c1")).result(10)
+    ledger.complete(admitted("c1", completion=5, status="success")).result(10)
+    assert on_disk(ledger.path) == {"c1": ("success", None, 10, 5)}
+
+
+def test_an_end_whose_admission_was_never_written_is_still_a_row(ledger):
+    ledger.complete(admitted("c9", completion=2, status="success")).result(10)
+    assert on_disk(ledger.path) == {"c9": ("success", None, 10, 2)}
+
+
+def test_progress_updates_a_running_row_and_never_an_ended_one(ledger):
+    ledger.admit(admitted("a")).result(10)
+    ledger.admit(admitted("b")).result(10)
+    ledger.progress(admitted("a", completion=7))
+    ledger.complete(admitted("b", completion=3, status="success")).result(10)
+    ledger.progress(admitted("b", completion=99))  # late: b has ended
+    ledger.flush()
+    assert on_disk(ledger.path) == {"a": ("running", None, 10, 7), "b": ("success", None, 10, 3)}
+
+
+async def test_concurrent_admissions_share_commits_off_the_event_loop(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "ledger.db")
+    commits = []
+    slow = ledger._commit
+
+    def commit(ops, progress):  # a slow disk: 300 ms a transaction
+        time.sleep(0.3)
+        commits.append(len(ops))
+        slow(ops, progress)
+
+    monkeypatch.setattr(ledger, "_commit", commit)
+    gaps, stop = [], asyncio.Event()
+
+    async def ticker():
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.005)
+            gaps.append(time.monotonic() - t)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.gather(*(committed(ledger.admit(admitted(f"c{i}"))) for i in range(200)))
+    stop.set()
+    await tick
+    ledger.close()
+    assert sum(commits) == 200 and len(commits) <= 5, commits  # group commit, not 200 commits
+    assert max(gaps) < 0.15  # the loop kept running while the writer waited on the disk
+
+
+def test_a_full_disk_refuses_admission_with_a_503_and_recovers(ledger):
+    pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
+    ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(LedgerUnavailable) as exc:
+        for i in range(2000):
+            ledger.admit(admitted(f"c{i}")).result(10)
+    err = exc.value
+    assert err.status == 503 and "full" in err.message
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+    assert err.body()["error"]["code"] == "ledger_unavailable"
+    ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    ledger.admit(admitted("after")).result(10)
+    assert on_disk(ledger.path)["after"][0] == "running"
+
+
+def test_the_write_backlog_is_bounded(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path / "ledger.db", max_pending=5)
+    gate = threading.Event()
+    commit = ledger._commit
+    monkeypatch.setattr(ledger, "_commit", lambda ops, progress: (gate.wait(10), commit(ops, progress)))
+    first = ledger.admit(admitted("first"))  # the writer takes it and blocks on the disk
+    deadline = time.monotonic() + 5
+    while ledger._ops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = [ledger.admit(admitted(f"c{i}")) for i in range(5)]
+    with pytest.raises(LedgerUnavailable, match="behind"):
+        ledger.admit(admitted("one too many"))
+    ledger.record(row())  # a refusal row is dropped, not buffered
+    assert ledger.dropped == 1
+    gate.set()
+    for fut in [first, *queued]:
+        fut.result(10)
+    ledger.close()
+    assert len(on_disk(tmp_path / "ledger.db")) == 6
+
+
+CRASHING_GATEWAY = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[2])
+from runtime.accounting.ledger import Ledger
+from tests.unit.test_ledger import admitted
+ledger = Ledger(sys.argv[1])
+for name in ("done", "streaming", "queued"):
+    ledger.admit(admitted(name, reserved=40)).result(10)
+ledger.progress(admitted("streaming", completion=7))
+ledger.complete(admitted("done", completion=9, status="success")).result(10)
+ledger.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def crash_a_gateway(path) -> None:
+    """A process that admits calls on the ledger at ``path`` and is SIGKILLed mid-way."""
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", CRASHING_GATEWAY, str(path), root],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_calls_in_flight_at_a_crash_are_marked_interrupted_at_the_next_start(tmp_path):
+    path = tmp_path / "ledger.db"
+    crash_a_gateway(path)
+    assert on_disk(path)["streaming"][0] == "running"
+    ledger = Ledger(path)
+    assert ledger.recovered == 2
+    assert on_disk(path) == {"done": ("success", None, 10, 9),
+                             "streaming": ("failure", "interrupted", 10, 7),
+                             "queued": ("failure", "interrupted", 10, 0)}
+    r = usage_report(ledger, since=time.time() - DAY, until=time.time() + 1)["totals"]
+    assert (r["calls"], r["success"], r["failure"], r["output_tokens"]) == (3, 1, 2, 16)
+    ledger.close()
+    assert not list((tmp_path / "ledger.db.owners").glob("*.lock"))  # the dead one's lock is gone
+
+
+def test_a_budget_spent_by_calls_in_flight_stays_spent_after_a_crash(tmp_path):
+    path = tmp_path / "ledger.db"
+    crash_a_gateway(path)  # 10 + 9 finished; two calls in flight had reserved 40 each
+    ledger = Ledger(path)
+    assert ledger.totals("k", "gemma", 0) == 19 + 40 + 40
+
+    async def spent_since(kind, resource, model, since):
+        return ledger.totals(resource, model, since, service_type=kind)
+
+    policy = QuotaPolicy(MemoryCounters(), spent_since=spent_since)
+    with pytest.raises(QuotaExhausted):
+        asyncio.run(policy.reserve("key", "k", "gemma", Limits(daily_tokens=90), 1))
+    ledger.close()
+
+
+def test_a_live_gateways_calls_in_flight_are_left_alone(tmp_path):
+    path = tmp_path / "ledger.db"
+    live = Ledger(path)
+    live.admit(admitted("mine")).result(10)
+    other = Ledger(path)  # a second gateway (or `llmfn usage`) on the same file
+    assert other.recovered == 0 and on_disk(path)["mine"][0] == "running"
+    other.close()
+    live.complete(admitted("mine", completion=1, status="success")).result(10)
+    live.close()
+    assert on_disk(path)["mine"][0] == "success"
+
+
+def test_a_clean_close_marks_its_own_unfinished_calls_interrupted(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.admit(admitted("left")).result(10)
+    ledger.close()
+    assert on_disk(tmp_path / "ledger.db") == {"left": ("failure", "interrupted", 10, 0)}
+
+
+def test_reports_leave_out_calls_still_in_flight(ledger):
+    ledger.admit(admitted("flying")).result(10)
+    ledger.record(row(time.time(), resource="k"))
+    totals = usage_report(ledger, since=time.time() - DAY, until=time.time() + 1)["totals"]
+    assert (totals["calls"], totals["failure"]) == (1, 0)
+
+
+OLD_FORMAT = """
+CREATE TABLE calls (ts REAL NOT NULL, service_type TEXT NOT NULL, resource TEXT NOT NULL,
+    invocation_id TEXT, model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, status TEXT NOT NULL,
+    error_type TEXT, latency_ms REAL NOT NULL, ttft_ms REAL, request_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL);
+CREATE INDEX calls_ts ON calls (ts);
+CREATE INDEX calls_resource_model_ts ON calls (resource, model, ts);
+"""
+
+
+def test_a_ledger_of_the_previous_format_opens_reports_and_takes_new_calls(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(OLD_FORMAT)
+        conn.executemany("INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         [astuple(row(JAN1, prompt=10, completion=5))[:14],
+                          astuple(row(JAN1 + 60, prompt=3, completion=0, ok=False))[:14]])
+        conn.commit()
+    ledger = Ledger(path)
+    assert ledger.read("PRAGMA user_version")[0][0] == 2
+    r = usage_report(ledger, since=JAN1, until=JAN1 + DAY)["totals"]
+    assert (r["calls"], r["success"], r["failure"], r["input_tokens"]) == (2, 1, 1, 13)
+    assert ledger.totals("summarize", None, JAN1) == 18
+    ledger.admit(admitted("new")).result(10)
+    ledger.close()
+    again = Ledger(path)  # opening a migrated file again changes nothing
+    assert again.read("SELECT COUNT(*) FROM calls")[0][0] == 3
+    again.close()
 
 
 # -- reports ------------------------------------------------------------------

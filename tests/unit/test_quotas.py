@@ -124,6 +124,27 @@ async def test_budgets_start_from_the_ledger():
     assert calls == [("k", "m")]  # read once per period, not per call
 
 
+async def test_a_budget_counts_what_calls_in_flight_reserved():
+    policy, _ = _policy()
+    limits = Limits(daily_tokens=100)
+    first = await policy.reserve("key", "k", "m", limits, 60)
+    second = await policy.reserve("key", "k", "m", limits, 50)  # 40 were left: admitted
+    with pytest.raises(QuotaExhausted):
+        await policy.reserve("key", "k", "m", limits, 1)  # 60 + 50 reserved: nothing left
+    await policy.settle(first, 10)
+    await policy.settle(second, 20)
+    assert (await policy.reserve("key", "k", "m", limits, 1)).decision.budget_left["daily"] == 70
+
+
+async def test_a_reservation_never_settled_stays_on_the_budget():
+    """What a call whose gateway died reserved is never given back."""
+    policy, _ = _policy()
+    limits = Limits(daily_tokens=100, tpm=1000)
+    await policy.reserve("key", "k", "m", limits, 100)  # never settled
+    with pytest.raises(QuotaExhausted):
+        await policy.reserve("key", "k", "m", limits, 1)
+
+
 def test_limits_tighten():
     assert Limits(rpm=10, tpm=None).tighten(Limits(rpm=5, tpm=100)) == Limits(rpm=5, tpm=100)
     assert not Limits()

@@ -1,10 +1,14 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
 
+from tests.support.cli import need_binary
 from tests.support.moto_server import AWS_ENV_TO_CLEAR, DUMMY_AWS_ENV, start_moto_server
 
 
@@ -34,3 +38,28 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server of its own, on a free loopback port."""
+    binary = need_binary("redis-server")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

@@ -21,7 +21,6 @@ from runtime.gateway.auth import Principal, principal_of
 from runtime.gateway.calls import CallMeter, CallRecord
 from runtime.gateway.errors import parse_body
 from runtime.gateway.schemas import KeyCreateRequest
-from runtime.gateway.state import AUTH
 
 log = logging.getLogger("llmfn.gateway")
 

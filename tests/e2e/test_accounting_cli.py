@@ -4,9 +4,6 @@ sharing one limit through a real Redis, and the usage page in headless Chromium.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,7 +11,7 @@ import time
 import pytest
 
 from runtime.accounting.ledger import Ledger
-from tests.support.cli import Server, llmfn, reports, result
+from tests.support.cli import Server, llmfn, need_binary, reports, result
 from tests.support.gateway import call
 
 APP = "tests/e2e/app/template.yaml"
@@ -24,15 +21,6 @@ MODEL = "gemma3-270m"
 @pytest.fixture
 def env(model_cache, tmp_path):
     return {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
-
-
-def _need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed (make test installs it)")
-        pytest.skip(f"{binary} is not installed; `make test` installs it")
-    return path
 
 
 def test_ledger_rows_of_an_invocation_equal_its_report(env, tmp_path):
@@ -77,30 +65,6 @@ def test_keys_cli_prints_the_secret_once(env):
     assert again.returncode == 2 and "no active key" in again.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    binary = _need("redis-server")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-
-
 def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
     secret = llmfn("keys", "create", "shared", "--rpm", "5", env=env).stdout.strip()
     gateways = [Server("serve", "--port", "0", "--redis-url", redis_url, "--model", "embedded",
@@ -126,7 +90,7 @@ def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
 
 
 def test_usage_page_in_headless_chromium_shows_the_cli_numbers(env, tmp_path):
-    chromium = _need("chromium")
+    chromium = need_binary("chromium")
     gw = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "512", ready="gateway",
                 env={**env, "LLMFN_ADMIN_KEY": "adm"})
     try:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.support.cli import Server
+from tests.support.cli import lambda_client, serve_project, server_url, wait_until
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -46,15 +43,6 @@ def project(tmp_path):
     return tmp_path
 
 
-def _serve(project, env):
-    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
-                  "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
-
-
-def _lambda(server):
-    url = server.wait_for(r"llmfn lambda api on (http://\S+)").group(1)
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))
 
 
 def _event(client, payload: dict) -> dict:
@@ -66,21 +54,13 @@ def _delivered(log, service_pid: int | None = None) -> list[int]:
     return sorted(r["n"] for r in lines if service_pid is None or r["service"] == service_pid)
 
 
-def _wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
 
 def test_events_accepted_before_a_crash_are_delivered_after_the_restart(project, model_cache):
     env = {"LLMFN_CACHE_DIR": str(model_cache)}
     log = project / "calls.log"
-    server = _serve(project, env)
+    server = serve_project(project, env)
     try:
-        client = _lambda(server)
+        client = lambda_client(server_url(server, "lambda api"))
         for n in range(3):
             resp = _event(client, {"n": n, "sleep": 3, "log": str(log)})
             assert resp["StatusCode"] == 202 and resp["ResponseMetadata"]["RequestId"]
@@ -89,9 +69,9 @@ def test_events_accepted_before_a_crash_are_delivered_after_the_restart(project,
         server.proc.wait(30)
     assert _delivered(log) == []  # none had finished
 
-    server = _serve(project, env)
+    server = serve_project(project, env)
     try:
-        _wait(lambda: _delivered(log, server.proc.pid) == [0, 1, 2])
+        wait_until(lambda: _delivered(log, server.proc.pid) == [0, 1, 2], timeout=60.0)
         assert _delivered(log, server.proc.pid) == [0, 1, 2]  # each once by the restarted service
     finally:
         assert server.stop() == 0
@@ -99,9 +79,9 @@ def test_events_accepted_before_a_crash_are_delivered_after_the_restart(project,
 
 def test_a_full_event_queue_is_refused_with_a_429(project, model_cache):
     log = project / "calls.log"
-    server = _serve(project, {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_EVENT_QUEUE_LIMIT": "2"})
+    server = serve_project(project, {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_EVENT_QUEUE_LIMIT": "2"})
     try:
-        client = _lambda(server)
+        client = lambda_client(server_url(server, "lambda api"))
         assert _event(client, {"n": 0, "sleep": 3, "log": str(log)})["StatusCode"] == 202
         assert _event(client, {"n": 1, "sleep": 3, "log": str(log)})["StatusCode"] == 202
         with pytest.raises(ClientError) as err:
@@ -112,9 +92,9 @@ def test_a_full_event_queue_is_refused_with_a_429(project, model_cache):
             _event(client, {"n": 3, "sleep": 0, "log": str(log), "pad": "x" * 300_000})
         assert err.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
 
-        _wait(lambda: _delivered(log) == [0, 1])
-        _wait(lambda: _try_event(client, {"n": 4, "sleep": 0, "log": str(log)}), timeout=10)  # room again
-        _wait(lambda: _delivered(log) == [0, 1, 4])
+        wait_until(lambda: _delivered(log) == [0, 1], timeout=60.0)
+        wait_until(lambda: _try_event(client, {"n": 4, "sleep": 0, "log": str(log)}), timeout=10)  # room again
+        wait_until(lambda: _delivered(log) == [0, 1, 4], timeout=60.0)
         assert client.invoke(FunctionName="Record", Payload=json.dumps(
             {"n": 5, "sleep": 0, "log": str(log)}).encode())["StatusCode"] == 200  # still serving
     finally:

@@ -8,9 +8,8 @@ import threading
 
 import boto3
 import pytest
-from botocore.config import Config
 
-from tests.support.cli import Server, llmfn
+from tests.support.cli import lambda_client, llmfn, serve_project, server_url
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
@@ -46,18 +45,7 @@ def project(tmp_path):
     return tmp_path
 
 
-def _serve(project, env):
-    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
-                  "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
 
-
-def _url(server, name):
-    return server.wait_for(rf"llmfn {name} on (http://\S+)").group(1)
-
-
-def _lambda(url):
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))
 
 
 def _invoke(client, event=None):
@@ -68,10 +56,10 @@ def _invoke(client, event=None):
 def test_deploy_swaps_versions_without_dropping_in_flight_work(project, model_cache):
     # The CLI finds the admin key that serve created in the data dir, as on the service's machine.
     env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(project / "data")}
-    server = _serve(project, env)
+    server = serve_project(project, env)
     try:
-        lambda_url, s3_url = _url(server, "lambda api"), _url(server, "embedded S3")
-        client = _lambda(lambda_url)
+        lambda_url, s3_url = server_url(server, "lambda api"), server_url(server, "embedded S3")
+        client = lambda_client(lambda_url)
         boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="x",
                      aws_secret_access_key="x").create_bucket(Bucket="deploys")
         assert _invoke(client)["code"] == "v1"
@@ -109,8 +97,8 @@ def test_deploy_swaps_versions_without_dropping_in_flight_work(project, model_ca
     # A restarted service comes back on the deployed version.
     (project / "src" / "renamed.py").rename(project / "src" / "app.py")
     (project / "src" / "app.py").write_text(HANDLER % "template-again")
-    server = _serve(project, env)
+    server = serve_project(project, env)
     try:
-        assert _invoke(_lambda(_url(server, "lambda api"))) == {"code": "v2", "version": "2"}
+        assert _invoke(lambda_client(server_url(server, "lambda api"))) == {"code": "v2", "version": "2"}
     finally:
         server.stop()

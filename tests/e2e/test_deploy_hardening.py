@@ -15,11 +15,10 @@ import zipfile
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from runtime.functions.deployments import sha256_of, zip_dir
-from tests.support.cli import Server
+from tests.support.cli import lambda_client, serve_project, server_url
 
 ADMIN_KEY = "admin-key-for-the-deploy-tests"
 
@@ -59,18 +58,7 @@ def project(tmp_path):
     return tmp_path
 
 
-def _serve(project, env):
-    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
-                  "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
 
-
-def _url(server, name):
-    return server.wait_for(rf"llmfn {name} on (http://\S+)").group(1)
-
-
-def _lambda(url):
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))
 
 
 def _invoke(client, **kw):
@@ -91,8 +79,8 @@ class Registry:
     """Uploads bundles to the embedded S3 and registers them as ``llmfn deploy`` does."""
 
     def __init__(self, server):
-        self.lambda_url = _url(server, "lambda api")
-        self.s3 = boto3.client("s3", endpoint_url=_url(server, "embedded S3"), region_name="us-east-1",
+        self.lambda_url = server_url(server, "lambda api")
+        self.s3 = boto3.client("s3", endpoint_url=server_url(server, "embedded S3"), region_name="us-east-1",
                                aws_access_key_id="x", aws_secret_access_key="x")
         self.s3.create_bucket(Bucket="deploys")
 
@@ -121,9 +109,9 @@ def test_bad_deployments_are_refused_and_the_current_version_keeps_serving(proje
     env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_ADMIN_KEY": ADMIN_KEY,
            "LLMFN_BUNDLE_MAX_BYTES": "4096", "LLMFN_BUNDLE_MAX_ENTRIES": "20",
            "LLMFN_BUNDLE_MAX_UNZIPPED_BYTES": "100000"}
-    server = _serve(project, env)
+    server = serve_project(project, env)
     try:
-        client, registry = _lambda(_url(server, "lambda api")), Registry(server)
+        client, registry = lambda_client(server_url(server, "lambda api")), Registry(server)
         assert _invoke(client)["code"] == "v1"
         (project / "src" / "app.py").write_text(HANDLER % "v2")
         v2 = zip_dir(project / "src")
@@ -175,9 +163,9 @@ def _context(raw: bytes) -> str:
 
 
 def test_a_bad_client_context_is_a_400_and_the_instance_lives_on(project, model_cache):
-    server = _serve(project, {"LLMFN_CACHE_DIR": str(model_cache)})
+    server = serve_project(project, {"LLMFN_CACHE_DIR": str(model_cache)})
     try:
-        client = _lambda(_url(server, "lambda api"))
+        client = lambda_client(server_url(server, "lambda api"))
         pid = _invoke(client)["pid"]
         for bad in [_context(b'{"custom": {}}\r\nX-Injected: yes'), _context(b"\r\n"), "not base64!",
                     _context(b"[1, 2]"), _context(b"\xff\xfe"), _context(b"{" * 5000)]:
@@ -198,9 +186,9 @@ def test_a_function_gets_none_of_the_services_secrets(project, model_cache):
     secrets = {"LLMFN_ADMIN_KEY": "sk-admin-secret-value", "LLMFN_API_KEYS": "sk-static-key-one",
                "AWS_ACCESS_KEY_ID": "AKIASERVICEOWNKEY", "AWS_SECRET_ACCESS_KEY": "service-own-aws-secret",
                "AWS_SESSION_TOKEN": "service-own-session-token", "LLMFN_FAILURE_DESTINATION": "s3://private/x"}
-    server = _serve(project, {"LLMFN_CACHE_DIR": str(model_cache), **secrets})
+    server = serve_project(project, {"LLMFN_CACHE_DIR": str(model_cache), **secrets})
     try:
-        url = _url(server, "http api")
+        url = server_url(server, "http api")
         with urllib.request.urlopen(f"{url}/env", timeout=60) as resp:
             env = json.loads(resp.read())
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import boto3
 
-from tests.support.cli import Server
+from tests.support.cli import Server, wait_until
 
 APP = Path(__file__).parent / "events_app"
 
@@ -17,14 +17,6 @@ APP = Path(__file__).parent / "events_app"
 def _lines(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-
-def _wait(predicate, timeout=40.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def _has_objects(s3, bucket: str) -> bool:
@@ -66,11 +58,11 @@ def test_uploads_retries_failures_and_schedules_on_the_embedded_s3(tmp_path, mod
         s3.put_object(Bucket="docs", Key="flaky/f.txt", Body=b"f")
         s3.put_object(Bucket="docs", Key="fail/bad.txt", Body=b"b")
 
-        _wait(lambda: len([c for c in _lines(log) if c["fn"] == "process"]) >= 3)
-        _wait(lambda: any(c["fn"] == "flaky" and c["attempt"] == 3 for c in _lines(log)))
-        _wait(lambda: len([c for c in _lines(log) if c["fn"] == "fail"]) >= 3)
-        _wait(lambda: _has_objects(s3, "failures-bucket"))  # written after the last retry
-        _wait(lambda: len([c for c in _lines(log) if c["fn"] == "tick"]) >= 2, timeout=20)
+        wait_until(lambda: len([c for c in _lines(log) if c["fn"] == "process"]) >= 3, timeout=40.0)
+        wait_until(lambda: any(c["fn"] == "flaky" and c["attempt"] == 3 for c in _lines(log)), timeout=40.0)
+        wait_until(lambda: len([c for c in _lines(log) if c["fn"] == "fail"]) >= 3, timeout=40.0)
+        wait_until(lambda: _has_objects(s3, "failures-bucket"), timeout=40.0)  # written after the last retry
+        wait_until(lambda: len([c for c in _lines(log) if c["fn"] == "tick"]) >= 2, timeout=20)
         time.sleep(1.5)  # a few more polls: nothing may be delivered twice
 
         calls = _lines(log)
@@ -113,14 +105,14 @@ def test_each_upload_is_delivered_once_across_a_restart(tmp_path, model_cache, s
     try:
         server.wait_for(r"S3 trigger: s3://docs/docs/")
         s3.put_object(Bucket="docs", Key="docs/before.txt", Body=b"one")
-        _wait(lambda: any(c["fn"] == "process" for c in _lines(log)))
+        wait_until(lambda: any(c["fn"] == "process" for c in _lines(log)), timeout=40.0)
     finally:
         assert server.stop() == 0
     s3.put_object(Bucket="docs", Key="docs/while-down.txt", Body=b"two")
     server = _serve(tmp_path, env, "--s3-endpoint-url", s3_server, function_env=creds)
     try:
         s3.put_object(Bucket="docs", Key="docs/after.txt", Body=b"three")
-        _wait(lambda: len([c for c in _lines(log) if c["fn"] == "process"]) >= 3)
+        wait_until(lambda: len([c for c in _lines(log) if c["fn"] == "process"]) >= 3, timeout=40.0)
         time.sleep(1.5)
     finally:
         assert server.stop() == 0

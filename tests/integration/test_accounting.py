@@ -18,8 +18,9 @@ from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Limits
 from runtime.errors import LedgerUnavailable
 from runtime.gateway.accounting import ACCOUNTING
-from tests.e2e.test_accounting_cli import redis_url  # noqa: F401 (a real redis-server, a fixture)
+from runtime.gateway.state import POOLS
 from tests.integration.conftest import MODEL
+from tests.support.cli import wait_until
 from tests.support.gateway import call, model
 
 ADMIN = "admin-secret-key"
@@ -225,6 +226,9 @@ def test_a_call_is_in_the_ledger_before_its_response_ends(make_gateway, data):
 
 def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, data):
     gw = make_gateway(model(), **data)
+    # The tokenizer is loaded at start; a request that finds it missing starts a worker
+    # beside loading it (a cold start's head start), which is not what is tested here.
+    wait_until(lambda: gw.app[POOLS].by_name[MODEL].tokenizer is not None, timeout=60)
     ledger = gw.app[ACCOUNTING].ledger
     pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
     ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on

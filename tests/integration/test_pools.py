@@ -13,21 +13,13 @@ import openai
 import pytest
 
 from tests.integration.conftest import MODEL
+from tests.support.cli import wait_until
 from tests.support.gateway import call, model
 
 
 def _sdk(gw) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0, timeout=120)
 
-
-def _wait(predicate, timeout=30.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def _alive(pid: int) -> bool:
@@ -49,8 +41,8 @@ def test_scale_to_zero_frees_the_worker_and_restarts_on_demand(make_gateway):
     assert status["state"] == "warm" and len(status["pids"]) == 1
     pid = status["pids"][0]
     assert _alive(pid)
-    _wait(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
-    _wait(lambda: not _alive(pid), timeout=10)
+    wait_until(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
+    wait_until(lambda: not _alive(pid), timeout=10)
     cards = {m.id: m.model_dump() for m in client.models.list().data}
     assert cards[MODEL]["pool"]["state"] == "cold"
     assert cards[MODEL]["pool"]["last_cold_start"]["load_s"] > 0
@@ -63,13 +55,13 @@ def test_cold_start_takes_a_spare_with_the_engine_prepared(make_gateway):
     # A CPU pool's spare maps the weights and creates the context while the pool is
     # at rest, so a cold start only hands it over.
     gw = make_gateway(model(idle_timeout=1.0, slots=2))
-    _wait(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
+    wait_until(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
     client = _sdk(gw)
     assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices
     assert gw.pool_status(MODEL)["last_cold_start"]["spare"] == "preloaded"
     # after scale to zero the refilled spare is prepared again for the next cold start
-    _wait(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
-    _wait(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
+    wait_until(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
+    wait_until(lambda: gw.pool_status(MODEL)["spare"] == "ready", timeout=60)
     assert client.completions.create(model=MODEL, prompt="Hello again", max_tokens=2).choices
     status = gw.pool_status(MODEL)
     assert status["cold_starts"] == 2 and status["last_cold_start"]["spare"] == "preloaded"
@@ -88,7 +80,7 @@ def test_killed_worker_fails_in_flight_with_502_then_recovers(make_gateway):
 
     t = threading.Thread(target=long_request)
     t.start()
-    _wait(lambda: gw.pool_status(MODEL)["in_flight"] == 1)
+    wait_until(lambda: gw.pool_status(MODEL)["in_flight"] == 1)
     time.sleep(0.3)
     os.kill(pid, signal.SIGKILL)
     t.join(60)
@@ -126,7 +118,7 @@ def test_concurrent_cold_starts_start_one_worker(make_gateway):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    _wait(lambda: gw.pool_status(MODEL)["queued"] > 0 or len(replies) == 6)
+    wait_until(lambda: gw.pool_status(MODEL)["queued"] > 0 or len(replies) == 6)
     for t in threads:
         t.join(120)
     assert not errors and len(replies) == 6
@@ -141,9 +133,9 @@ def test_queue_full_is_503_with_retry_after(make_gateway):
     body = {"model": MODEL, "prompt": "Write a long story:", "max_tokens": 120}
     threads = [threading.Thread(target=call, args=(f"{gw.url}/v1/completions", body)) for _ in range(2)]
     threads[0].start()
-    _wait(lambda: gw.pool_status(MODEL)["in_flight"] == 1)
+    wait_until(lambda: gw.pool_status(MODEL)["in_flight"] == 1)
     threads[1].start()
-    _wait(lambda: gw.pool_status(MODEL)["queued"] == 1)
+    wait_until(lambda: gw.pool_status(MODEL)["queued"] == 1)
     reply = call(f"{gw.url}/v1/completions", body)
     assert reply.status == 503
     assert reply.json()["error"]["code"] == "server_overloaded"

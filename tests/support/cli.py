@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = re.compile(r"REPORT RequestId: (?P<id>\S+)\t.*?LLM Calls: (?P<calls>\d+)\tLLM Tokens: "
@@ -20,6 +23,28 @@ def llmfn(*args: str, stdin: str | None = None, env: dict | None = None, timeout
           cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], input=stdin, capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def need_binary(binary: str) -> str:
+    """A system program the tests start for real (`make test` installs them)."""
+    path = shutil.which(binary)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{binary} is not installed (make test installs it)")
+        pytest.skip(f"{binary} is not installed; `make test` installs it")
+    return path
+
+
+
+def wait_until(predicate, timeout: float = 30.0, step: float = 0.05):
+    """Poll until ``predicate()`` is truthy; its value, or an AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
 
 
 def reports(stderr: str) -> list[dict]:
@@ -74,3 +99,24 @@ class Server:
 def result(cp: subprocess.CompletedProcess) -> dict:
     assert cp.returncode == 0, cp.stderr
     return json.loads(cp.stdout)
+
+
+def serve_project(project: Path, env: dict | None = None) -> Server:
+    """``llmfn serve`` of a project folder (its ``template.yaml``) on free ports, with its
+    data dir inside the project."""
+    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+                  "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
+
+
+def server_url(server: Server, name: str) -> str:
+    """The URL a running service printed for one of its servers ("lambda api", "http api", ...)."""
+    return server.wait_for(rf"llmfn {name} on (http://\S+)").group(1)
+
+
+def lambda_client(url: str):
+    """boto3's Lambda client against a local Lambda API, with no retries."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
+                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))

@@ -171,6 +171,7 @@ class Ledger:
         self.max_pending, self.progress_interval = max_pending, progress_interval
         self.owner_id = uuid.uuid4().hex
         self.dropped = 0  # refusal rows not written (backlog full or file unwritable)
+        self.healthy = True  # the last write went through (False after a failed one)
         self._lock_fd: int | None = None
         self._writer = _connect(self.path)
         _migrate(self._writer)
@@ -291,6 +292,7 @@ class Ledger:
         except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad batch
             self._fail(ops, exc)
         else:
+            self.healthy = True
             _resolve(ops)
 
     def _write_each(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
@@ -300,6 +302,7 @@ class Ledger:
             except Exception as exc:  # noqa: BLE001
                 self._fail([op], exc)
             else:
+                self.healthy = True
                 _resolve([op])
         try:
             self._commit([], progress)
@@ -307,6 +310,7 @@ class Ledger:
             log.exception("ledger: a progress write failed")
 
     def _fail(self, ops: list[_Op], exc: Exception) -> None:
+        self.healthy = False
         error = LedgerUnavailable(f"The usage ledger cannot record the call ({exc}).")
         dropped = 0
         for op in ops:

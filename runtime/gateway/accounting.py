@@ -57,13 +57,19 @@ class Accounting:
         self.policy, self.book, self.ledger = policy, book, ledger
         self.journal = LedgerJournal(ledger) if ledger is not None else None
 
-    async def admit(self, meter: CallMeter, tokens: int, prompt_tokens: int = 0) -> Grant | None:
+    async def admit(self, meter: CallMeter, tokens: int, prompt_tokens: int = 0, *,
+                    wait: bool = True) -> Grant | None:
         """Admit a call before it is dispatched: reserve ``tokens`` against the
         caller's limits (429s), then wait until the ledger has its row (503 when
-        it cannot). A refused call gives its reservation back."""
+        it cannot). A refused call gives its reservation back. ``wait=False``
+        only queues the row: the caller must ``meter.confirm()`` before any byte
+        of the response leaves (a generation overlaps the write with its prompt)."""
         grant = await self.reserve(meter.principal, meter.model, tokens)
         try:
-            await meter.admit(tokens, prompt_tokens)
+            meter.begin(tokens, prompt_tokens)
+            # A ledger whose last write failed is waited for: its refusal comes before any work.
+            if wait or (self.ledger is not None and not self.ledger.healthy):
+                await meter.confirm()
         except BaseException:
             await self.settle(grant, 0)
             raise

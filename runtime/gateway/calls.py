@@ -75,6 +75,8 @@ class CallMeter:
         self.admitted = False
         self.recorded = False
         self._written: Future | None = None
+        self._admission: Future | None = None
+        self._prompt = 0
         self._progress_at = 0.0
 
     def record(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> CallRecord:
@@ -85,17 +87,27 @@ class CallMeter:
     async def admit(self, reserved: int, prompt: int = 0) -> None:
         """Record the call as admitted and wait for the commit: only then may it
         reach a worker. Raises ``LedgerUnavailable`` when it cannot be recorded."""
-        self.reserved = reserved
+        self.begin(reserved, prompt)
+        await self.confirm()
+
+    def begin(self, reserved: int, prompt: int = 0) -> None:
+        """Queue the call's admission row; ``confirm`` waits for its commit."""
+        self.reserved, self._prompt = reserved, prompt
         journal = self.calls.journal
-        if journal is None:
-            self.admitted = True
-            return
-        written = journal.admit(self.record("running", prompt))
         self.admitted = True  # queued: from now on the call's end updates that row
+        if journal is not None:
+            self._admission = journal.admit(self.record("running", prompt))
+
+    async def confirm(self) -> None:
+        """Wait until the admission row is on disk (at once when it already is).
+        Raises ``LedgerUnavailable`` when it cannot be written."""
+        written, self._admission = self._admission, None
+        if written is None:
+            return
         try:
             await committed(written)
         except asyncio.CancelledError:
-            self.done("cancelled", prompt)  # the client left while its row was written
+            self.done("cancelled", self._prompt)  # the client left while its row was written
             raise
 
     def first_token(self) -> None:

@@ -93,8 +93,10 @@ class Generation:
         self.prompt_tokens = sum(len(p.tokens) for p in prompts)
         # TPM reserves the prompt plus everything the call may generate.
         acct = self.request.app[ACCOUNTING]
+        # The admission row is written while the worker reads the prompt; nothing of the
+        # response leaves before it is on disk (``_events`` confirms it first).
         grant = await acct.admit(self.meter, self.prompt_tokens + self.req.n * sum(limits),
-                                 self.prompt_tokens)
+                                 self.prompt_tokens, wait=False)
         self.headers = grant.headers() if grant else {}
         try:
             if self.req.stream:
@@ -145,6 +147,7 @@ class Generation:
         async with self.pool.lease(n) as lease:
             async with aclosing(lease.generate(self._body(prompt, limit, n))) as events:
                 async for ev in events:
+                    await self.meter.confirm()  # the admission row is on disk before any output
                     if isinstance(ev, Text):
                         if ev.text:
                             self.meter.first_token()
@@ -222,11 +225,11 @@ class Generation:
         try:
             for prompt, limit, base, n in self._groups(prompts, limits):
                 states = {base + k: self._new_choice(base + k, prompt) for k in range(n)}
-                for c in states.values():
+                for c in states.values():  # they leave with the first token, once the call is on disk
                     if self.chat:
-                        await out.send_raw(self._chunk(c.index, {"role": "assistant", "content": ""}, opts))
+                        out.hold_raw(self._chunk(c.index, {"role": "assistant", "content": ""}, opts))
                     elif c.echo:
-                        await out.send_raw(self._chunk(c.index, c.echo, opts))
+                        out.hold_raw(self._chunk(c.index, c.echo, opts))
                 async for index, ev in self._events(prompt, limit, base, n):
                     for chunk in self._stream_event(states[index], ev, opts):
                         if isinstance(ev, Text):

@@ -18,7 +18,6 @@ from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Limits
 from runtime.errors import LedgerUnavailable
 from runtime.gateway.accounting import ACCOUNTING
-from runtime.gateway.state import POOLS
 from tests.integration.conftest import MODEL
 from tests.support.cli import wait_until
 from tests.support.gateway import call, model
@@ -226,9 +225,6 @@ def test_a_call_is_in_the_ledger_before_its_response_ends(make_gateway, data):
 
 def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, data):
     gw = make_gateway(model(), **data)
-    # The tokenizer is loaded at start; a request that finds it missing starts a worker
-    # beside loading it (a cold start's head start), which is not what is tested here.
-    wait_until(lambda: gw.app[POOLS].by_name[MODEL].tokenizer is not None, timeout=60)
     ledger = gw.app[ACCOUNTING].ledger
     pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
     ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
@@ -243,7 +239,10 @@ def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gate
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
     assert "full" in error["message"]
-    assert gw.pool_status(MODEL)["pids"] == []  # no worker was started for it
+    # A request on a cold pool starts a worker as it arrives (a head start on the cold
+    # start); the refused call itself never reached it.
+    wait_until(lambda: gw.pool_status(MODEL)["workers"]["starting"] == 0, timeout=60)
+    assert all(e["prompt_tokens"] == 0 for e in gw.pool_status(MODEL)["engines"])
     ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
     assert call(f"{gw.url}/v1/completions", body).status == 200
 

@@ -7,50 +7,27 @@ import http.client
 import json
 import math
 import os
-import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.support.cli import ROOT, llmfn
+from tests.support.cli import Server, llmfn
 from tests.support.gateway import call
 
 MODEL = "gemma3-270m"
 
 
-class Serve:
+class Serve(Server):
     """``llmfn serve`` in a process group of its own (its workers with it)."""
 
     def __init__(self, env: dict[str, str]):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--model", "embedded",
-             "--n-ctx", "1024", "--slots", "4", "--n-threads", "2"],
-            cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
-        self.lines: list[str] = []
-        ready = threading.Event()
-        self.url = ""
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                m = re.search(r"gateway on (http://\S+)", line)
-                if m and not self.url:
-                    self.url = m.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(120)
-        if not self.url:
-            self.kill()
-            raise AssertionError("serve did not start:\n" + "".join(self.lines))
+        super().__init__("serve", "--port", "0", "--model", "embedded", "--n-ctx", "1024", "--slots", "4",
+                         "--n-threads", "2", ready="gateway", env=env, new_session=True)
 
     def kill(self) -> None:
         """SIGKILL the gateway and its workers at once: nothing gets to clean up."""
@@ -60,14 +37,13 @@ class Serve:
             pass
         self.proc.wait(30)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
+    def stop(self) -> int:
+        try:
+            super().stop()
+        except subprocess.TimeoutExpired:
+            pass
         self.kill()  # whatever is left of the group
+        return self.proc.returncode
 
 
 @contextmanager

@@ -55,9 +55,11 @@ def reports(stderr: str) -> list[dict]:
 class Server:
     """A long-running ``llmfn`` command (start-api, start-lambda) with its stderr collected."""
 
-    def __init__(self, *args: str, ready: str, env: dict | None = None):
+    def __init__(self, *args: str, ready: str, env: dict | None = None, new_session: bool = False):
+        # new_session: a process group of its own, so that what it starts can be killed with it
         self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                                     start_new_session=new_session)
         self.lines: list[str] = []
         self.url = ""
         found = threading.Event()

@@ -1,32 +1,74 @@
-"""The bodies of the emulator commands (``invoke``, ``start-api``,
-``start-lambda``, ``generate-event``); ``runtime.cli`` parses their flags."""
+"""The bodies of the ``llmfn`` commands. ``runtime.cli`` parses their flags; the
+commands that run the product (``serve``, ``invoke``, ``start-api``,
+``start-lambda``) are configurations of ``runtime.server.Server``."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from runtime.app import load_template
-from runtime.functions.instance import caller_aws_environment
 from runtime.datadir import admin_key, secure
-from runtime.stack import Stack, load_env_vars
+from runtime.settings import ClientSettings, PoolSettings, Settings, from_flags
+
+# Secrets a flag can carry, and where they belong instead: a command line is readable by every local user.
+_SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-file"),
+                 "api_keys": ("--api-keys", "LLMFN_API_KEYS or --api-keys-file")}
 
 
-def _stack(args: argparse.Namespace) -> Stack:
-    from runtime.cli import _forget_secret_env, _models, _settings
+def settings_of(args: argparse.Namespace) -> Settings:
+    for field, (flag, instead) in _SECRET_FLAGS.items():
+        if getattr(args, field, None) is not None:
+            print(f"llmfn: warning: {flag} puts a secret on the command line, where every local user can "
+                  f"read it (ps, /proc/PID/cmdline); use {instead}", file=sys.stderr, flush=True)
+    settings = from_flags(Settings, args)
+    # Once the settings hold them, the secrets leave the environment that workers and
+    # every other child process inherit.
+    for field in _SECRET_FLAGS:
+        os.environ.pop(f"LLMFN_{field.upper()}", None)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return settings
 
-    settings = _settings(args)
-    _forget_secret_env()
-    template = load_template(settings.template)
-    # The emulators create no admin key: their control plane opens only to an existing one.
-    return Stack(settings=settings, template=template, models=_models(args, settings),
-                 env_vars=load_env_vars(getattr(args, "env_vars", None)), admin_key=admin_key(settings),
-                 function_env=caller_aws_environment(os.environ))
+
+def _server(args: argparse.Namespace, parts, *, optional_template: bool = False):
+    """The server a command runs, from its flags and the template."""
+    from runtime.server import Server, read_template, served_models
+
+    settings = settings_of(args)
+    template = read_template(settings, optional=optional_template)
+    models = served_models(settings, template, from_flags(PoolSettings, args).overrides())
+    return Server(settings, template, models, parts, admin_key=_admin_key_for(settings, parts))
+
+
+def _admin_key_for(settings: Settings, parts) -> str | None:
+    """serve: the configured admin key, or the data dir's, created at first start (it
+    says where, never what). The emulators create none: their control plane opens
+    only to an existing one."""
+    if not parts.service:
+        return admin_key(settings)
+    secure(settings.data_dir)
+    existed = settings.admin_key_path.exists()
+    key = admin_key(settings, create=True)
+    if settings.admin_key is None or not settings.admin_key.get_secret_value():
+        said = "read from" if existed else "created in"
+        print(f"llmfn admin key {said} {settings.admin_key_path} (deploy, rollback, keys and /admin/* need it)",
+              file=sys.stderr, flush=True)
+    return key
+
+
+def serve(args: argparse.Namespace) -> int:
+    from runtime.server import SERVE
+
+    server = _server(args, SERVE, optional_template=True)
+    names = ", ".join(f"{m.name} ({m.source})" for m in server.models)
+    print(f"llmfn models: {names}", file=sys.stderr, flush=True)
+    asyncio.run(server.run_until_signal())
+    return 0
 
 
 def _read_event(source: str | None) -> Any:
@@ -40,16 +82,18 @@ def _read_event(source: str | None) -> Any:
 
 
 def invoke(args: argparse.Namespace) -> int:
-    stack = _stack(args)
-    stack.template.function(args.function)  # a clear error before anything starts
+    from runtime.server import INVOKE
+
+    server = _server(args, INVOKE)
+    server.template.function(args.function)  # a clear error before anything starts
     event = _read_event(args.event)
-    return asyncio.run(_invoke(stack, args.function, event))
+    return asyncio.run(_invoke(server, args.function, event))
 
 
-async def _invoke(stack: Stack, name: str, event: Any) -> int:
-    await stack.start()
+async def _invoke(server, name: str, event: Any) -> int:
     try:
-        result = await stack.functions.invoke(name, event)
+        await server.start()
+        result = await server.functions.invoke(name, event)
         out = sys.stdout.buffer
         async for chunk in result.outcome.stream():
             out.write(chunk)
@@ -58,58 +102,31 @@ async def _invoke(stack: Stack, name: str, event: Any) -> int:
         out.flush()
         await result.report
     finally:
-        await stack.close()
+        await server.close()
     return 0
 
 
-async def _emulate(stack: Stack, command: str, serve_trigger) -> None:
-    """Start the stack and one trigger, say where they are, run until a signal."""
-    await stack.start()
-    url = await serve_trigger()
-    print(f"llmfn {command} on {url}  gateway on {stack.gateway_url}", file=sys.stderr, flush=True)
-    await _run_until_signal(stack)
-
-
-async def _run_until_signal(stack: Stack) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        print("llmfn: shutting down", file=sys.stderr, flush=True)
-        await stack.close()
-
-
 def start_api(args: argparse.Namespace) -> int:
-    from runtime.triggers.http import build_http_api
+    from runtime.server import START_API
 
-    stack = _stack(args)
+    def started(server) -> None:
+        url = server.urls["http api"]
+        for method, path, fn in server.http_routes:
+            print(f"Mounting {fn} at {url}{path} [{method}]", file=sys.stderr)
+        print(f"llmfn start-api on {url}  gateway on {server.gateway_url}", file=sys.stderr, flush=True)
 
-    async def serve_routes() -> str:
-        app, routes = build_http_api(stack.template.functions, stack.functions)
-        port = await stack.serve(app, stack.settings.host, args.api_port)
-        for method, path, fn in routes:
-            print(f"Mounting {fn} at http://{stack.settings.host}:{port}{path} [{method}]", file=sys.stderr)
-        return f"http://{stack.settings.host}:{port}"
-
-    asyncio.run(_emulate(stack, "start-api", serve_routes))
+    asyncio.run(_server(args, START_API).run_until_signal(started))
     return 0
 
 
 def start_lambda(args: argparse.Namespace) -> int:
-    from runtime.gateway.state import AUTH
-    from runtime.triggers.lambda_api import build_lambda_api
+    from runtime.server import START_LAMBDA
 
-    stack = _stack(args)
+    def started(server) -> None:
+        print(f"llmfn start-lambda on {server.urls['lambda api']}  gateway on {server.gateway_url}",
+              file=sys.stderr, flush=True)
 
-    async def serve_api() -> str:
-        port = await stack.serve(build_lambda_api(stack.functions, stack.gateway[AUTH]),
-                                 stack.settings.host, args.lambda_port)
-        return f"http://{stack.settings.host}:{port}"
-
-    asyncio.run(_emulate(stack, "start-lambda", serve_api))
+    asyncio.run(_server(args, START_LAMBDA).run_until_signal(started))
     return 0
 
 
@@ -123,9 +140,8 @@ def generate_event(args: argparse.Namespace) -> int:
 
 def keys(args: argparse.Namespace) -> int:
     from runtime.accounting.quotas import Limits
-    from runtime.cli import _settings
 
-    settings = _settings(args)
+    settings = settings_of(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if getattr(args, "models", None) else None
     limits = Limits(*(getattr(args, k, None) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
     manage = (_GatewayKeys(args.endpoint, _admin_key_or_fail(settings)) if args.endpoint
@@ -228,12 +244,11 @@ def usage(args: argparse.Namespace) -> int:
 
     from runtime.accounting.ledger import Ledger
     from runtime.accounting.reports import parse_period, render_text, usage_report
-    from runtime.cli import _settings
 
     since, until = parse_period(args.since, args.from_, args.to, time.time())
     service_type, resource = (("function", args.function) if args.function else
                               ("key", args.key) if args.key else (None, None))
-    settings = _settings(args)
+    settings = settings_of(args)
     secure(settings.data_dir)
     ledger = Ledger(settings.ledger_path)
     try:
@@ -261,27 +276,31 @@ def _first_function(project: Path) -> str:
 def deploy(args: argparse.Namespace) -> int:
     import s3fs
 
-    from runtime.cli import _settings
     from runtime.deploy import deploy as run_deploy
 
-    if not args.s3_bucket:
+    client = from_flags(ClientSettings, args)
+    if not client.deploy_bucket:
         raise ValueError("--s3-bucket (or LLMFN_DEPLOY_BUCKET) is required")
-    settings = _settings(args)
+    settings = settings_of(args)
     admin = _admin_key_or_fail(settings)
     template = load_template(settings.template)
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings.s3_endpoint_url}
                            if settings.s3_endpoint_url else {})
-    run_deploy(template, bucket=args.s3_bucket, endpoint=args.endpoint, fs=fs,
+    run_deploy(template, bucket=client.deploy_bucket, endpoint=client.endpoint, fs=fs,
                cache_root=settings.cache_dir / "builds", admin_key=admin)
     return 0
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from runtime.cli import _settings
-
-    admin = _admin_key_or_fail(_settings(args))
+    admin = _admin_key_or_fail(settings_of(args))
+    endpoint = from_flags(ClientSettings, args).endpoint
     body = {"FunctionVersion": str(args.to)} if args.to else {}
-    url = f"{args.endpoint.rstrip('/')}/2015-03-31/functions/{args.function}/aliases/live"
+    url = f"{endpoint.rstrip('/')}/2015-03-31/functions/{args.function}/aliases/live"
     version = _admin_request(url, admin, "PUT", body, error=lambda d: d.get("Message"))["FunctionVersion"]
     print(f"{args.function} is on version {version}", file=sys.stderr)
     return 0
+
+
+COMMANDS = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
+            "generate-event": generate_event, "keys": keys, "usage": usage, "init": init,
+            "deploy": deploy, "rollback": rollback}

@@ -10,7 +10,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from runtime.settings import GatewaySettings
+from runtime.settings import Settings
 
 log = logging.getLogger("llmfn")
 ADMIN_KEY_PREFIX = "sk-llmfn-admin-"
@@ -61,7 +61,7 @@ def create_admin_key(path: Path) -> str:
     return key
 
 
-def admin_key(settings: GatewaySettings, *, create: bool = False) -> str | None:
+def admin_key(settings: Settings, *, create: bool = False) -> str | None:
     """The admin key: from the settings (env), the named file, or the data dir's
     ``admin.key``, which is created when ``create`` (``serve``) and none exists."""
     if settings.admin_key is not None and settings.admin_key.get_secret_value():

@@ -7,24 +7,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-from typing import TYPE_CHECKING, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Trigger, s3_rules
 from runtime.triggers.schedule import Scheduler, schedule_entries
-
-if TYPE_CHECKING:
-    from runtime.service import Service
+from runtime.app import Template
+from runtime.functions import FunctionService
+from runtime.settings import Settings
 
 log = logging.getLogger("llmfn.triggers")
-DEFAULT_FAILURE_DESTINATION = "s3://llmfn-failures/async"
 
 
-def _invoker(service: "Service"):
+@dataclass
+class Triggers:
+    invoker: AsyncInvoker  # what the Lambda API's Event invocations are queued with
+    close: Callable[[], Awaitable[None]]
+
+
+def _invoker(functions: FunctionService):
     async def invoke(function: str, event: dict) -> InvokeOutcome:
-        result = await service.stack.functions.invoke(function, event)
+        result = await functions.invoke(function, event)
         async for _ in result.outcome.stream():
             pass
         report = await result.report
@@ -37,12 +42,13 @@ def _invoker(service: "Service"):
     return invoke
 
 
-def _destination_writer(service: "Service") -> Callable[[str, str | None, dict], Awaitable[None]]:
+def _destination_writer(default: str, s3_filesystem: Callable[[], Any]
+                        ) -> Callable[[str, str | None, dict], Awaitable[None]]:
     async def write(function: str, destination: str | None, record: dict) -> None:
-        target = (destination or DEFAULT_FAILURE_DESTINATION).removeprefix("s3://").rstrip("/")
+        target = (destination or default).removeprefix("s3://").rstrip("/")
         bucket, _, prefix = target.partition("/")
         key = "/".join(p for p in (prefix, function, f"{record['requestContext']['requestId']}.json") if p)
-        fs = service._s3fs()
+        fs = s3_filesystem()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _put, fs, bucket, key, json.dumps(record).encode())
         log.warning("function %s: event sent to s3://%s/%s (%s)", function, bucket, key,
@@ -56,26 +62,25 @@ def _put(fs, bucket: str, key: str, data: bytes) -> None:
     fs.pipe_file(f"{bucket}/{key}", data)
 
 
-async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]]:
-    """The delivery store and the asynchronous invoker (``service.events``, which the
-    Invoke API's Event invocations use too), then the S3 and schedule triggers."""
-    template = service.stack.template
+async def start_triggers(template: Template, settings: Settings, functions: FunctionService, *,
+                         s3_endpoint_url: str | None, s3_filesystem: Callable[[], Any]) -> Triggers:
+    """The delivery store and the asynchronous invoker (which the Invoke API's Event
+    invocations use too), then the S3 and schedule triggers."""
     rules = s3_rules(template.functions, template.resources)
     entries = schedule_entries(template.functions)
-    settings = service.stack.settings
-    store = DeliveryStore(settings.data_dir / "deliveries.sqlite3")
+    store = DeliveryStore(settings.deliveries_path)
     globals_fn = (template.globals or {}).get("Function") or {}
-    default = os.environ.get("LLMFN_FAILURE_DESTINATION", DEFAULT_FAILURE_DESTINATION)
+    default = settings.failure_destination
     configs = {name: async_config({**globals_fn, **(template.resources[name].get("Properties") or {})},
                                   default, resources=template.resources)
                for name in template.functions}
-    invoker = AsyncInvoker(_invoker(service), store=store, failure_destination=_destination_writer(service),
-                           configs=configs, retry_base_delay_s=float(os.environ.get("LLMFN_RETRY_DELAY_S", "60")),
+    invoker = AsyncInvoker(_invoker(functions), store=store,
+                           failure_destination=_destination_writer(default, s3_filesystem),
+                           configs=configs, retry_base_delay_s=settings.retry_delay_s,
                            queue_limit=settings.event_queue_limit)
-    service.events = invoker
     await invoker.resume()
-    s3 = S3Trigger(rules, submit=invoker.submit, store=store, endpoint_url=service.s3_endpoint_url,
-                   interval=float(os.environ.get("LLMFN_S3_POLL_S", "1.0"))) if rules else None
+    s3 = S3Trigger(rules, submit=invoker.submit, store=store, endpoint_url=s3_endpoint_url,
+                   interval=settings.s3_poll_s) if rules else None
     scheduler = Scheduler(entries, invoker.submit) if entries else None
     for part in (s3, scheduler):
         if part is not None:
@@ -93,4 +98,4 @@ async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]]:
         await invoker.close(timeout=30)
         await asyncio.get_running_loop().run_in_executor(None, store.close)
 
-    return close
+    return Triggers(invoker, close)

@@ -1,12 +1,21 @@
-"""Process settings. Every field is an environment variable (``LLMFN_<NAME>``),
-and every CLI flag of ``llmfn serve`` mirrors one of them, so the same program is
-configured the same way on a laptop and in a container."""
+"""Process settings: the one place that reads ``LLMFN_*``. Every field is an
+environment variable (``LLMFN_<NAME>``) and, through :func:`add_flags`, a flag
+of the commands that use it (``--<name>``), so flags, variables and ``--help``
+are generated from one declaration and cannot drift."""
 from __future__ import annotations
 
+import argparse
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Iterable
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runtime.app.models import PoolConfig
+
+ENV_PREFIX = "LLMFN_"
+CsvList = Annotated[list[str], NoDecode]  # a flag given again, or one comma-separated variable
 
 
 def default_cache_dir() -> Path:
@@ -17,12 +26,29 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "llmfn"
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMFN_", extra="ignore")
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
 
-    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
+
+class Settings(BaseSettings):
+    """The service: where it listens, what it serves, where it keeps its data."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address every server listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the gateway (0: any free port).")
+    api_port: int = Field(3000, ge=0, le=65535, description="Port of the HTTP API (the functions' routes).")
+    lambda_port: int = Field(3001, ge=0, le=65535, description="Port of the Lambda API (invoke, deploy).")
     template: Path = Field(Path("template.yaml"), description="SAM template with the models and functions.")
+    parameter_overrides: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Template parameters, as SAM takes them: 'Key=Value Key2=Value2' or "
+        "'ParameterKey=Key,ParameterValue=Value'."))
+    env_vars: Path | None = Field(None, description="JSON file of environment variables per function "
+                                                    "(SAM's --env-vars).")
+    model: CsvList = Field(default_factory=list, description=(
+        "Serve this model ([NAME=]SOURCE: s3://bucket/key.gguf, a path, or 'embedded'); repeatable; "
+        "replaces the template's models."))
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated static API keys (set it in the "
                                 "environment or use --api-keys-file: a command line is visible to every local user).")
     api_keys_file: Path | None = Field(None, description="File of static API keys, one per line (or comma-separated).")
@@ -30,7 +56,8 @@ class GatewaySettings(BaseSettings):
                                       "(true/false). Unset: required once any key has been configured or "
                                       "created; revoking keys never opens the gateway again.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where downloaded models are kept.")
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for s3:// models (moto, MinIO, AWS).")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for s3:// models, triggers and deploys "
+                                        "(moto, MinIO, AWS). Unset under serve: the embedded S3.")
     data_dir: Path = Field(default_factory=default_data_dir,
                            description="Where the usage ledger, the API keys and the admin key are kept "
                                        "(made private: the dir 0700, its files 0600).")
@@ -53,6 +80,15 @@ class GatewaySettings(BaseSettings):
     bundle_max_entries: int = Field(20_000, ge=1, description="Most entries (files, folders) in one bundle.")
     event_queue_limit: int = Field(1000, ge=1, description="Event invocations waiting or running; "
                                                            "more are refused with a 429.")
+    failure_destination: str = Field("s3://llmfn-failures/async", description=(
+        "Where an asynchronous invocation that failed every try is written, for functions whose "
+        "EventInvokeConfig names no OnFailure destination."))
+    retry_delay_s: float = Field(60.0, ge=0, description="First delay before an asynchronous invocation is "
+                                                          "tried again (doubled each time, as Lambda does).")
+    s3_poll_s: float = Field(1.0, gt=0, description="How often the S3 trigger lists its buckets (seconds).")
+
+    _split = field_validator("model", mode="before")(_csv)
+    _one = field_validator("parameter_overrides", mode="before")(lambda v: [v] if isinstance(v, str) else v)
 
     @property
     def ledger_path(self) -> Path:
@@ -61,6 +97,14 @@ class GatewaySettings(BaseSettings):
     @property
     def keys_path(self) -> Path:
         return self.data_dir / "keys.sqlite3"
+
+    @property
+    def deliveries_path(self) -> Path:
+        return self.data_dir / "deliveries.sqlite3"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.data_dir / "deployments"
 
     @property
     def admin_key_path(self) -> Path:
@@ -73,3 +117,63 @@ class GatewaySettings(BaseSettings):
         if self.api_keys_file is not None:
             text += "," + read_secret_file(self.api_keys_file, "API keys").replace("\n", ",")
         return frozenset(k.strip() for k in text.split(",") if k.strip())
+
+
+class ClientSettings(BaseSettings):
+    """Commands that talk to a running service (deploy, rollback, keys)."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    endpoint: str = Field("http://127.0.0.1:3001", description="The running service's Lambda API.")
+    deploy_bucket: str | None = Field(None, description="Bucket for the code bundles.")
+
+
+class _PoolBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+# Pool settings given as flags or variables: each one set overrides every served
+# model's pool (the template's too); unset ones leave the template's value.
+PoolSettings: type[_PoolBase] = create_model(
+    "PoolSettings", __base__=_PoolBase, __doc__="Pool settings for every model, over the template's.",
+    **{name: (info.annotation | None, Field(None, description=info.description))
+       for name, info in PoolConfig.model_fields.items()})
+
+
+def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fields: Iterable[str] | None = None,
+              *, flags: dict[str, tuple[str, ...]] | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """One flag per settings field, named (``--field-name``, or ``flags``) and described
+    from the field, with its variable in the help. Values are strings until the
+    settings model validates them; a flag's default (``defaults``) beats the variable."""
+    flags, defaults = flags or {}, defaults or {}
+    for name in fields or model.model_fields:
+        info = model.model_fields[name]
+        names = flags.get(name) or ("--" + name.replace("_", "-"),)
+        kw: dict[str, Any] = {"dest": name, "default": defaults.get(name),
+                              "help": f"{info.description} [env {ENV_PREFIX}{name.upper()}]"}
+        if typing.get_origin(info.annotation) is list:
+            kw.update(action="append", metavar=name.upper())
+        parser.add_argument(*names, **kw)
+
+
+def from_flags(model: type[BaseModel], args: argparse.Namespace, **fixed: Any):
+    """The settings: flags given on the command line over ``LLMFN_*`` over defaults.
+    A bad value is a ``ValueError`` naming the flag and its variable."""
+    given = {k: v for k in model.model_fields if (v := getattr(args, k, None)) is not None}
+    try:
+        return model(**{**given, **fixed})
+    except ValidationError as exc:
+        raise ValueError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        where = f"--{name.replace('_', '-')} / {ENV_PREFIX}{name.upper()}" if name else "settings"
+        shown = isinstance(err.get("input"), (str, int, float)) and "key" not in name  # never a secret
+        got = f" (got {err['input']!r})" if shown else ""
+        lines.append(f"{where}: {err['msg']}{got}")
+    return "; ".join(lines)

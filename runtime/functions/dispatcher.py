@@ -15,7 +15,6 @@ from typing import Any, Callable
 from runtime.app.functions import FunctionSpec
 from runtime.functions.instance import FunctionInstance
 from runtime.functions.invocation import Invocation, Outcome
-from runtime.functions.runtime_api import INSTANCES
 from runtime.gateway.auth import InvocationTokens, InvocationUsage
 
 log = logging.getLogger("llmfn.functions")
@@ -105,7 +104,7 @@ class FunctionPool:
         inst = FunctionInstance(self.spec, runtime_api=self.d.runtime_api_addr,
                                 gateway_url=self.d.gateway_url, log=self.d.log,
                                 env_overrides=self.d.env_overrides.get(self.spec.name), version=self.version)
-        self.d.runtime_app[INSTANCES][inst.id] = inst
+        self.d.instances[inst.id] = inst
         self.instances.append(inst)
         try:
             await inst.start()
@@ -141,7 +140,7 @@ class FunctionPool:
         self._forget(inst)
 
     def _forget(self, inst: FunctionInstance) -> None:
-        self.d.runtime_app[INSTANCES].pop(inst.id, None)
+        self.d.instances.pop(inst.id, None)
         if inst in self.instances:
             self.instances.remove(inst)
 
@@ -157,12 +156,12 @@ class FunctionPool:
 
 
 class Dispatcher:
-    def __init__(self, functions: dict[str, FunctionSpec], *, runtime_app, runtime_api_addr: str,
+    def __init__(self, functions: dict[str, FunctionSpec], *, instances: dict, runtime_api_addr: str,
                  gateway_url: str, tokens: InvocationTokens,
                  log: Callable[[str, str], None] = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None):
         self.functions = functions
-        self.runtime_app = runtime_app
+        self.instances = instances  # the Runtime API's registry: id -> live instance
         self.runtime_api_addr = runtime_api_addr
         self.gateway_url = gateway_url
         self.tokens = tokens

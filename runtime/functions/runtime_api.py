@@ -108,9 +108,10 @@ def function_arn(name: str) -> str:
     return f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
 
 
-def build_runtime_api() -> web.Application:
+def build_runtime_api(instances: dict[str, Instance]) -> web.Application:
+    """The Runtime API over ``instances`` (id -> instance), which the dispatcher keeps."""
     app = web.Application(client_max_size=6 * 1024 * 1024)  # Lambda's 6 MB payload limit
-    app[INSTANCES] = {}
+    app[INSTANCES] = instances
     app.router.add_get(PREFIX + "/invocation/next", next_invocation)
     app.router.add_post(PREFIX + "/invocation/{rid}/response", post_response)
     app.router.add_post(PREFIX + "/invocation/{rid}/error", post_error)

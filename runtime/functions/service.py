@@ -42,14 +42,14 @@ class FunctionService:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = build_runtime_api()
+        instances: dict = {}
         # A long-polling `next` must end when its instance goes away.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5)
+        self._runner = web.AppRunner(build_runtime_api(instances), access_log=None,
+                                     handler_cancellation=True, shutdown_timeout=5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.dispatcher = Dispatcher(self.functions, runtime_app=app, runtime_api_addr=f"127.0.0.1:{port}",
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.dispatcher = Dispatcher(self.functions, instances=instances, runtime_api_addr=f"{host}:{port}",
                                      gateway_url=self.gateway_url, tokens=self.tokens, log=self.log,
                                      env_overrides=self.env_overrides)
         self.dispatcher.start()

@@ -2,6 +2,6 @@
 metrics and the OpenAPI document. It validates, counts tokens with the
 model's own tokenizer and dispatches to ``runtime.pool``; it never runs a
 model itself."""
-from runtime.gateway.app import build_app, GatewayConfig
+from runtime.gateway.app import Gateway, GatewayConfig, build_app, build_gateway
 
-__all__ = ["build_app", "GatewayConfig"]
+__all__ = ["Gateway", "GatewayConfig", "build_app", "build_gateway"]

@@ -164,7 +164,20 @@ def _accounting(config: GatewayConfig, keys: KeyStore | None) -> Accounting:
     return Accounting(QuotaPolicy(counters, spent_since=spent_since), book, ledger)
 
 
+@dataclass
+class Gateway:
+    """The gateway's application and the registries the function runtime and the
+    Lambda API share with it: invocation tokens, and the authenticator."""
+    app: web.Application
+    invocations: InvocationTokens
+    auth: Authenticator
+
+
 def build_app(config: GatewayConfig) -> web.Application:
+    return build_gateway(config).app
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
     invocations = InvocationTokens()
     keys = KeyStore(config.keys_path) if config.keys_path else None
     auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key,
@@ -201,4 +214,4 @@ def build_app(config: GatewayConfig) -> web.Application:
             await asyncio.get_running_loop().run_in_executor(None, acct.ledger.close)
 
     app.cleanup_ctx.append(lifecycle)
-    return app
+    return Gateway(app, invocations, auth)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from runtime import datadir
 from runtime.accounting.quotas import Limits
@@ -76,8 +77,9 @@ def served_models(settings: Settings, template: Template, pool: dict[str, Any]) 
         return models
     try:
         out = [m.model_copy(update={"pool": PoolConfig(**{**m.pool.model_dump(), **pool})}) for m in models]
-    except ValueError as exc:
-        raise ValueError(f"pool settings: {exc}") from None
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"pool settings: {reason}") from None
     given = ", ".join(f"{k}={v}" for k, v in pool.items())
     log.info("pool settings for every model (over the template's): %s", given)
     return out

@@ -69,6 +69,21 @@ Resources:
         assert proc.wait(30) == 0
 
 
+def test_pool_flags_override_the_templates_pool(model_cache, tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_text("Metadata:\n  llmfn:\n    models:\n      small-chat:\n        pool: {n_ctx: 256}\n"
+                        "Resources: {}\n")
+    proc, url, _ = _start(["--port", "0", "--template", str(template), "--data-dir", str(tmp_path / "data"),
+                           "--n-ctx", "320"], {"LLMFN_CACHE_DIR": str(model_cache)})
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        card = client.models.list().data[0].model_dump()
+        assert card["id"] == "small-chat" and card["context_length"] == 320
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
 def test_bad_template_names_the_model_and_property(tmp_path):
     template = tmp_path / "template.yaml"
     template.write_text("Metadata:\n  llmfn:\n    models:\n      m1:\n        pool: {max_workers: 0}\n"

@@ -75,3 +75,11 @@ def admin_key(settings: Settings, *, create: bool = False) -> str | None:
         return create_admin_key(path)
     except FileExistsError:  # another serve on this data dir was first
         return read_secret_file(path, "admin key")
+
+
+def static_keys(settings: Settings) -> frozenset[str]:
+    """The static API keys: ``LLMFN_API_KEYS`` and the keys file's, one per line or comma-separated."""
+    text = settings.api_keys.get_secret_value()
+    if settings.api_keys_file is not None:
+        text += "," + read_secret_file(settings.api_keys_file, "API keys").replace("\n", ",")
+    return frozenset(k.strip() for k in text.split(",") if k.strip())

@@ -110,14 +110,6 @@ class Settings(BaseSettings):
     def admin_key_path(self) -> Path:
         return self.admin_key_file or self.data_dir / "admin.key"
 
-    def key_set(self) -> frozenset[str]:
-        from runtime.datadir import read_secret_file
-
-        text = self.api_keys.get_secret_value()
-        if self.api_keys_file is not None:
-            text += "," + read_secret_file(self.api_keys_file, "API keys").replace("\n", ",")
-        return frozenset(k.strip() for k in text.split(",") if k.strip())
-
 
 class ClientSettings(BaseSettings):
     """Commands that talk to a running service (deploy, rollback, keys)."""

@@ -57,4 +57,4 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/peers.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .ruff_cache .import_linter_cache

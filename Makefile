@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install system-deps run test bench clean
+.PHONY: install system-deps run lint test bench clean
 
 # Servers the tests start for real: Redis (shared quota counters) and Chromium
 # (the usage page). Installed from Debian's packages when missing.
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
 	# constraints.txt pins every package to a set known to work together (no resolver backtracking).
-	$(BIN)/pip install -c constraints.txt -e '.[test,examples]'
+	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,7 +32,13 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/llmfn start-api
 
-test: $(STAMP) system-deps
+# Style and layering, checked before the tests: ruff ([tool.ruff]) and the
+# import contracts of DESIGN.md's layout ([tool.importlinter]).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmark-only extras: llama-cpp-python's own server (FastAPI, uvicorn, ...), one of
@@ -51,4 +57,4 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/peers.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .ruff_cache .import_linter_cache

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python bench/NAME.py``: make ``tests.support`` importable
@@ -154,7 +155,7 @@ class Gateway:
             cmd += ["--s3-endpoint-url", self.s3_endpoint_url]
         return cmd + pool_flags(**self.pool)
 
-    async def __aenter__(self) -> "Gateway":
+    async def __aenter__(self) -> Gateway:
         self.port = free_port()
         self._log = tempfile.NamedTemporaryFile("w+", prefix="llmfn-bench-gateway-", suffix=".log")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, stdin=subprocess.DEVNULL,

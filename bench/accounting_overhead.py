@@ -24,13 +24,25 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
-from _common import (EMBEDDED, Gateway, bars, completion_body, default_cache_dir,
-                     embedded_model, figures_line, keepalive_session, log, percentile, ratio)
+from _common import (
+    EMBEDDED,
+    Gateway,
+    bars,
+    completion_body,
+    default_cache_dir,
+    embedded_model,
+    figures_line,
+    keepalive_session,
+    log,
+    percentile,
+    ratio,
+)
 
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger, LedgerRow

@@ -22,9 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (EMBEDDED, Gateway, completion_body, default_cache_dir, embedded_model,
-                     figures_line, keepalive_session, log, percentile, ratio, stacked_bars,
-                     stream_completion)
+from _common import (
+    EMBEDDED,
+    Gateway,
+    completion_body,
+    default_cache_dir,
+    embedded_model,
+    figures_line,
+    keepalive_session,
+    log,
+    percentile,
+    ratio,
+    stacked_bars,
+    stream_completion,
+)
 
 from tests.support.moto_server import AWS_ENV_TO_CLEAR, DUMMY_AWS_ENV, start_moto_server
 

@@ -24,9 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from _common import (EMBEDDED, PROMPT, Gateway, bars, completion_body, default_cache_dir,
-                     embedded_model, figures_line, keepalive_session, log, percentile, ratio,
-                     stream_completion)
+from _common import (
+    EMBEDDED,
+    PROMPT,
+    Gateway,
+    bars,
+    completion_body,
+    default_cache_dir,
+    embedded_model,
+    figures_line,
+    keepalive_session,
+    log,
+    percentile,
+    ratio,
+    stream_completion,
+)
 
 from runtime.pool.client import Text, WorkerClient
 from runtime.pool.pool import worker_env
@@ -50,7 +62,7 @@ class DirectWorker:
         self.tmp = tempfile.mkdtemp(prefix="llmfn-bench-")
         self.client: WorkerClient | None = None
 
-    async def __aenter__(self) -> "DirectWorker":
+    async def __aenter__(self) -> DirectWorker:
         self.cfg["socket"] = str(Path(self.tmp) / "w.sock")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,

@@ -25,10 +25,11 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from _common import ROOT, bars, figures_line, keepalive_session, log, percentile, ratio
@@ -71,7 +72,7 @@ class StartApi:
         self.reports: asyncio.Queue[Report] = asyncio.Queue()
         self.tail: deque[str] = deque(maxlen=30)  # shown when it fails
 
-    async def __aenter__(self) -> "StartApi":
+    async def __aenter__(self) -> StartApi:
         self.proc = await asyncio.create_subprocess_exec(
             *self.cmd, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -116,12 +117,12 @@ class StartApi:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.proc.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log(f"warning: start-api still running {grace:g} s after SIGTERM; killing it")
                 self.proc.kill()
         try:  # stderr ends when start-api and every instance holding it are gone
             await asyncio.wait_for(asyncio.shield(self._reader), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log("warning: start-api's stderr still open; a function instance outlived it")
             self._reader.cancel()
 
@@ -151,7 +152,7 @@ def serve_plain() -> None:
 
 
 class PlainHttp:
-    async def __aenter__(self) -> "PlainHttp":
+    async def __aenter__(self) -> PlainHttp:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--serve-plain", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)

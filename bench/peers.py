@@ -396,7 +396,8 @@ async def run(args: argparse.Namespace) -> dict[str, Result]:
     store = ModelStore(args.cache_dir, show_progress=False)
     model = (await store.fetch(args.model, args.source, sha256=args.sha256)).path
     log(f"model {args.model}: {model}; per-sequence context {args.n_ctx}, {args.threads} thread(s) "
-        f"for the peers; levels {','.join(map(str, args.levels))}, {args.rounds} round(s) (at least {args.min_requests} requests) of "
+        f"for the peers; levels {','.join(map(str, args.levels))}, {args.rounds} round(s) "
+        f"(at least {args.min_requests} requests) of "
         f"{args.max_tokens} tokens")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load >= cores / 2:

@@ -14,9 +14,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import (EMBEDDED, PROMPTS, Gateway, bars, completion_body, default_cache_dir, embedded_model,
-                     figures_line, keepalive_session, log, percentile, ratio, stream_completion)
-
+from _common import (
+    EMBEDDED,
+    PROMPTS,
+    Gateway,
+    bars,
+    completion_body,
+    default_cache_dir,
+    embedded_model,
+    figures_line,
+    keepalive_session,
+    log,
+    percentile,
+    ratio,
+    stream_completion,
+)
 
 
 @dataclass

@@ -1,15 +1,15 @@
 """Starter projects for ``llmfn init``: each folder under ``templates/`` is a
 working project (SAM template, handler under ``src/``, sample events, README)
-that is copied as is, with ``{{project_name}}`` replaced by the new project's name."""
+that is copied as is, with ``{{project_name}}`` replaced by the new project's name.
+The folder ships with llmfn (see ``runtime.bundled``)."""
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
 
-import runtime
+from runtime import bundled
 
-TEMPLATES_DIR = Path(runtime.__file__).resolve().parents[1] / "templates"
 PLACEHOLDER = "{{project_name}}"
 # The name lands in YAML strings, a README and shell commands: keep it plain.
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -19,9 +19,7 @@ _LEFTOVERS = shutil.ignore_patterns("__pycache__", "*.pyc", ".aws-sam", ".pytest
 
 def starters() -> list[str]:
     """The starter names, sorted."""
-    if not TEMPLATES_DIR.is_dir():
-        return []
-    return sorted(p.name for p in TEMPLATES_DIR.iterdir() if (p / "template.yaml").is_file())
+    return sorted(p.name for p in bundled.starters_dir().iterdir() if (p / "template.yaml").is_file())
 
 
 def create_project(name: str, starter: str) -> Path:
@@ -38,7 +36,7 @@ def create_project(name: str, starter: str) -> Path:
         raise ValueError(f"'{name}' already exists and is not a folder")
     if target.is_dir() and any(target.iterdir()):
         raise ValueError(f"folder '{name}' already exists and is not empty")
-    shutil.copytree(TEMPLATES_DIR / starter, target, ignore=_LEFTOVERS, dirs_exist_ok=True)
+    shutil.copytree(bundled.starters_dir() / starter, target, ignore=_LEFTOVERS, dirs_exist_ok=True)
     for path in target.rglob("*"):
         if path.is_file():
             _fill_in(path, project)

@@ -32,7 +32,7 @@ def handler(event, context):
         prompt=f"Usage report: {totals['calls']} LLM calls ({totals['failure']} failed), "
                f"{totals['input_tokens']} input and {totals['output_tokens']} output tokens. {facts}.\n"
                f"Summary for the team:")
-    day = (event or {}).get("time", datetime.datetime.now(datetime.timezone.utc).isoformat())[:10]
+    day = (event or {}).get("time", datetime.datetime.now(datetime.UTC).isoformat())[:10]
     digest = {"day": day, "totals": totals, "resources": lines, "note": reply.choices[0].text.strip()}
     bucket = os.environ.get("DIGEST_BUCKET")
     if bucket:

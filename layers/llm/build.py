@@ -1,6 +1,6 @@
 """Build the LLM layer zip: ``python/llmfn_llm/**.py``, byte-for-byte reproducible.
 
-Usage: ``python layers/llm/build.py [OUT_DIR]`` (default ``build/layers``);
+Usage: ``python layers/llm/build.py [OUT_DIR]`` (default ``./build/layers``);
 prints ``<sha256>  <path>`` like ``sha256sum``. Owns the zip layout only; it
 must not bundle ``openai`` (the function brings its own).
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 
 LAYER_DIR = Path(__file__).resolve().parent
 PACKAGE_DIR = LAYER_DIR / "python" / "llmfn_llm"
-DEFAULT_OUT_DIR = LAYER_DIR.parents[1] / "build" / "layers"
+# Relative to the current folder: this file may also be the copy inside an installed llmfn.
+DEFAULT_OUT_DIR = Path("build") / "layers"
 ZIP_NAME = "llmfn-llm-layer.zip"
 # Fixed metadata, so that the same sources always give the same bytes.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)

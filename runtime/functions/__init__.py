@@ -2,8 +2,8 @@
 environments), the dispatcher that picks or starts them, the invocation
 context, and the Lambda Runtime API between runtime and instance. Triggers
 call ``FunctionService.invoke``; this package never parses HTTP routes."""
-from runtime.functions.dispatcher import Dispatcher, Report, Result
 from runtime.functions.deployments import DeployError, Deployments
+from runtime.functions.dispatcher import Dispatcher, Report, Result
 from runtime.functions.service import FunctionService, StagedBundle
 
 __all__ = ["DeployError", "Deployments", "Dispatcher", "FunctionService", "Report", "Result", "StagedBundle"]

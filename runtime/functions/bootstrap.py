@@ -17,7 +17,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import llmfn_llm
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from runtime.app.functions import FunctionSpec, TemplateError, with_config
 
-
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIP = {"__pycache__", ".pytest_cache", ".git"}
 

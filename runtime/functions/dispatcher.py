@@ -9,8 +9,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from runtime.app.functions import FunctionSpec
 from runtime.functions.instance import FunctionInstance
@@ -67,7 +68,7 @@ class FunctionPool:
     """The instances of one function: warm ones are reused, more start up to
     ``max_instances``; each runs one invocation at a time."""
 
-    def __init__(self, spec: FunctionSpec, dispatcher: "Dispatcher", version: int = 1):
+    def __init__(self, spec: FunctionSpec, dispatcher: Dispatcher, version: int = 1):
         self.spec = spec
         self.version = version
         self.d = dispatcher
@@ -225,7 +226,7 @@ class Dispatcher:
         remaining = max(0.0, inv.started + pool.spec.timeout - time.monotonic())
         try:
             await asyncio.wait_for(asyncio.shield(inv.finished), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             inv.fail("Sandbox.Timedout", f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.request_id} "
                                          f"Task timed out after {pool.spec.timeout:.2f} seconds")
         duration = (time.monotonic() - inv.started) * 1000

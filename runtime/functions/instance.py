@@ -9,14 +9,16 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
+from runtime import bundled
 from runtime.app.functions import FunctionSpec
 from runtime.functions.invocation import Invocation
 
-LAYER_PATH = Path(__file__).resolve().parents[2] / "layers" / "llm" / "python"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# After the function's own code and layers: the LLM layer (``context.llm``), then
+# whatever the interpreter needs to import ``runtime.functions.bootstrap`` itself.
+LLMFN_PATHS = [str(bundled.llm_layer_python()), *bundled.runtime_import_path()]
 # What an instance takes from the service's own environment (plus LC_*): what a
 # process needs to run, as Lambda defines it, and nothing that could be a secret.
 INHERITED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH"})
@@ -62,7 +64,7 @@ class FunctionInstance:
     def environment(self) -> dict[str, str]:
         spec = self.spec
         paths = [str(spec.code_uri)] + [str(p / "python") if (p / "python").is_dir() else str(p)
-                                        for p in spec.layers] + [str(LAYER_PATH), str(PROJECT_ROOT)]
+                                        for p in spec.layers] + LLMFN_PATHS
         # An allowlist, never os.environ minus a denylist: the service's keys and its own
         # AWS credentials stay out. The template and --env-vars add what a function needs.
         env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
@@ -128,7 +130,7 @@ class FunctionInstance:
         proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 

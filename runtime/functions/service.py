@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -97,7 +98,7 @@ class FunctionService:
             self._switch(name)
         return out
 
-    def _stage(self, name: str, b: "StagedBundle"):
+    def _stage(self, name: str, b: StagedBundle):
         spec = self._configured(name, b.config)  # before any bytes are unpacked
         root = self.deployments.root / "bundles"
         root.mkdir(parents=True, exist_ok=True)

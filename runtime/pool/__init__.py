@@ -6,7 +6,8 @@ routes, keys or quotas."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from runtime.app.models import ModelConfig
 from runtime.errors import ModelNotFound

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from runtime.pool.protocol import HEADER, MAX_PAYLOAD, TEXT_HEAD, Kind, frame, json_frame
 
@@ -53,7 +54,7 @@ class WorkerClient:
         self._task = asyncio.create_task(self._read_loop(), name="worker-client")
 
     @classmethod
-    async def connect(cls, path: str, secret: str) -> "WorkerClient":
+    async def connect(cls, path: str, secret: str) -> WorkerClient:
         reader, writer = await asyncio.open_unix_connection(path, limit=MAX_PAYLOAD)
         writer.write(frame(Kind.AUTH, 0, secret.encode()))
         return cls(reader, writer)

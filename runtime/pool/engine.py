@@ -22,9 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 import llama_cpp as ll
+import numpy as np
 
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
 
@@ -229,7 +228,7 @@ class Choice:
     req: Request
     index: int
     sampler: Sampler
-    seq: "Sequence"
+    seq: Sequence
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet evaluated
     next_token: int | None = None  # sampled, not yet decoded
     count: int = 0
@@ -239,7 +238,7 @@ class Choice:
     lp_pending: list[tuple[int, int, dict]] = field(default_factory=list)  # (start, end) in text, entry
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-    waits_for: "Choice | None" = None  # a sibling that evaluates the shared prompt
+    waits_for: Choice | None = None  # a sibling that evaluates the shared prompt
     out_idx: int = -1  # this step's output row
 
 

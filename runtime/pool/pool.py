@@ -14,9 +14,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
@@ -48,7 +49,7 @@ class Worker:
 class Lease:
     """``n`` sequences of one warm worker, held for one request."""
 
-    def __init__(self, pool: "ModelPool", worker: Worker, n: int = 1):
+    def __init__(self, pool: ModelPool, worker: Worker, n: int = 1):
         self.pool, self.worker, self.n = pool, worker, n
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
@@ -302,7 +303,7 @@ class ModelPool:
         timeout = self.config.pool.cold_start_timeout
         try:
             return await asyncio.wait_for(asyncio.shield(self._prep), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ModelLoading(f"model '{self.name}' is still loading after {timeout:g}s",
                                retry_after=5) from None
 
@@ -352,7 +353,7 @@ class ModelPool:
         timeout = self.config.pool.cold_start_timeout if cold else self.config.pool.queue_timeout
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 return fut.result()
             fut.cancel()
@@ -427,7 +428,7 @@ class ModelPool:
                      "downloaded" if fetched.downloaded else "cached model")
             ready = await asyncio.wait_for(self._launch(worker, str(fetched.path)),
                                            self.config.pool.cold_start_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._start_failed(worker, ModelLoading(
                 f"model '{self.name}': worker did not start within "
                 f"{self.config.pool.cold_start_timeout:g}s", retry_after=5))
@@ -468,7 +469,7 @@ class ModelPool:
         log.info("model %s: worker pid %s loading %s", self.name, worker.pid, os.path.basename(path))
         try:
             line = await asyncio.wait_for(worker.proc.stdout.readline(), p.cold_start_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             worker.proc.kill()
             raise ModelLoading(f"model '{self.name}': worker did not load within "
                                f"{p.cold_start_timeout:g}s", retry_after=5) from None
@@ -518,7 +519,7 @@ class ModelPool:
             try:  # a broken connection usually means the process is exiting: give it a moment
                 await asyncio.wait_for(asyncio.shield(worker.proc.wait()), 1.0)
                 dead = True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         what = "died" if dead else "failed"
         log.warning("model %s: worker pid %s %s mid-request (%s)", self.name, worker.pid, what,
@@ -557,7 +558,7 @@ class ModelPool:
         for w in [w for w in self.workers if w.state == "warm" and w.client and not w.client.closed]:
             try:
                 w.stats = await asyncio.wait_for(w.client.call(Kind.STATS), 1.0)
-            except (asyncio.TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):
+            except (TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):
                 pass
 
     async def _stop_worker(self, worker: Worker) -> None:
@@ -569,7 +570,7 @@ class ModelPool:
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         if worker in self.workers:

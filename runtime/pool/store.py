@@ -28,9 +28,10 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from runtime.errors import ModelUnavailable

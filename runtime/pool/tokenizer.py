@@ -12,8 +12,9 @@ import asyncio
 import ctypes
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import cachetools
 import jinja2

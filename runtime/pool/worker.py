@@ -32,7 +32,7 @@ IMPORT_S = time.monotonic() - T0
 class Connection(eng.Events):
     """The gateway's connection: frames in, engine events out."""
 
-    def __init__(self, sock: socket.socket, worker: "Worker"):
+    def __init__(self, sock: socket.socket, worker: Worker):
         self.sock, self.worker = sock, worker
         self._lock = threading.Lock()
         self._pending: list[bytes] = []  # engine events of the current step

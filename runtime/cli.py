@@ -10,6 +10,7 @@ import os
 import sys
 
 from runtime.app.template import TemplateError
+from runtime.embedded_s3 import EmbeddedS3Unavailable
 from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags
 
 # Flags of every command that runs the product; serve adds its own.
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (TemplateError, ValueError, FileNotFoundError, OSError) as exc:
+    except (TemplateError, EmbeddedS3Unavailable, ValueError, OSError) as exc:
         print(f"llmfn: {exc}", file=sys.stderr)
         return 2
 

@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from runtime import datadir
 from runtime.accounting.quotas import Limits
 from runtime.app import ModelConfig, PoolConfig, Template, load_template, parse_model_flag
+from runtime.embedded_s3 import EmbeddedS3
 from runtime.functions import DeployError, Deployments, FunctionService
 from runtime.functions.deployments import BundleLimits
 from runtime.functions.dispatcher import stderr_log
@@ -33,10 +35,6 @@ from runtime.pool import ModelStore
 from runtime.settings import Settings
 
 log = logging.getLogger("llmfn")
-
-# moto's server accepts any credentials; functions and triggers use these with it.
-EMBEDDED_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "llmfn", "AWS_SECRET_ACCESS_KEY": "llmfn-embedded",
-                           "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class Server:
         self.events: Any = None  # the asynchronous invoker (S3, schedules, Event invocations)
         self.s3_endpoint_url = settings.s3_endpoint_url
         self.http_routes: list[tuple[str, str, str]] = []
-        self._moto: Any = None
+        self.embedded_s3: EmbeddedS3 | None = None
         self._runners: list[web.AppRunner] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -170,11 +168,11 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._moto is not None:
-            self._moto.stop()
-            self._moto = None
+        if self.embedded_s3 is not None:
+            self.embedded_s3.stop()
+            self.embedded_s3 = None
 
-    async def run_until_signal(self, started: Callable[["Server"], None] | None = None) -> None:
+    async def run_until_signal(self, started: Callable[[Server], None] | None = None) -> None:
         """Start, say where everything listens, serve until SIGINT or SIGTERM, stop."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -208,9 +206,9 @@ class Server:
         serve, the caller's AWS variables in the emulators (as SAM passes them), then
         ``--env-vars`` (its ``Parameters`` for all, then the function's own)."""
         if self.parts.service:
-            base = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint_url} if self.s3_endpoint_url else {}
-            if self._moto is not None:  # never the service's own credentials; the embedded S3 takes any
-                base.update(EMBEDDED_S3_CREDENTIALS)
+            # never the service's own credentials; the embedded S3 takes any
+            base = (self.embedded_s3.function_environment() if self.embedded_s3 else
+                    {"AWS_ENDPOINT_URL_S3": self.s3_endpoint_url} if self.s3_endpoint_url else {})
         else:
             base = caller_aws_environment(os.environ)
         common = {**base, **self.env_vars.get("Parameters", {})}
@@ -224,17 +222,9 @@ class Server:
                                                            s.bundle_max_entries))
 
     def _start_embedded_s3(self) -> None:
-        if self.s3_endpoint_url is not None:
-            return
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-        for k, v in EMBEDDED_S3_CREDENTIALS.items():
-            os.environ.setdefault(k, v)
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        self.s3_endpoint_url = self.urls["embedded S3"] = f"http://{host}:{port}"
+        if self.s3_endpoint_url is None:
+            self.embedded_s3 = EmbeddedS3()
+            self.s3_endpoint_url = self.urls["embedded S3"] = self.embedded_s3.start()
 
     def s3_filesystem(self):
         """An s3fs filesystem on this server's S3 endpoint (its own credentials)."""

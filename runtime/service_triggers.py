@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
+from runtime.app import Template
+from runtime.functions import FunctionService
+from runtime.settings import Settings
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Trigger, s3_rules
 from runtime.triggers.schedule import Scheduler, schedule_entries
-from runtime.app import Template
-from runtime.functions import FunctionService
-from runtime.settings import Settings
 
 log = logging.getLogger("llmfn.triggers")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict

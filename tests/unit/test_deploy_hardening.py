@@ -168,13 +168,11 @@ async def test_an_instance_environment_is_an_allowlist(monkeypatch):
 
 
 async def test_only_an_instance_knows_its_runtime_api_path(aiohttp_client):
-    from runtime.functions.runtime_api import INSTANCES, build_runtime_api
+    from runtime.functions.runtime_api import build_runtime_api
 
     inst = FunctionInstance(BASE, runtime_api="127.0.0.1:1", gateway_url="http://127.0.0.1:2", log=lambda *_: None)
     assert len(inst.id) == 32 and inst.environment()["AWS_LAMBDA_RUNTIME_API"].endswith(f"/i/{inst.id}")
-    app = build_runtime_api()
-    app[INSTANCES][inst.id] = inst
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(build_runtime_api({inst.id: inst}))
     for guess in (inst.id[:12], "0" * 32, "../" + inst.id):
         resp = await client.get(f"/i/{guess}/2018-06-01/runtime/invocation/next")
         assert resp.status == 404

@@ -85,20 +85,22 @@ def error_body(exc: BaseException, error_type: str | None = None) -> dict[str, A
             "requestId": "", "stackTrace": traceback.format_tb(exc.__traceback__)[1:] or []}
 
 
-def load_handler(name: str):
+def import_handler(name: str):
     module_name, _, func = name.rpartition(".")
     try:
         module = importlib.import_module(module_name.replace("/", "."))
     except ImportError as exc:
-        raise HandlerError("Runtime.ImportModuleError",
-                           f"Unable to import module '{module_name}': {exc}") from exc
+        raise HandlerInitError("Runtime.ImportModuleError",
+                               f"Unable to import module '{module_name}': {exc}") from exc
     handler = getattr(module, func, None)
     if handler is None:
-        raise HandlerError("Runtime.HandlerNotFound", f"Handler '{func}' missing on module '{module_name}'")
+        raise HandlerInitError("Runtime.HandlerNotFound", f"Handler '{func}' missing on module '{module_name}'")
     return handler
 
 
-class HandlerError(Exception):
+class HandlerInitError(Exception):
+    """The handler cannot be imported: an init error of the Runtime API, with Lambda's type."""
+
     def __init__(self, error_type: str, message: str):
         super().__init__(message)
         self.error_type = error_type
@@ -180,8 +182,8 @@ def main() -> None:
     if task_root and task_root not in sys.path:
         sys.path.insert(0, task_root)
     try:
-        handler = load_handler(os.environ["_HANDLER"])
-    except HandlerError as exc:
+        handler = import_handler(os.environ["_HANDLER"])
+    except HandlerInitError as exc:
         print(f"[ERROR] {exc.error_type}: {exc}", file=sys.stderr, flush=True)
         api.error(None, exc, exc.error_type)
         sys.exit(1)

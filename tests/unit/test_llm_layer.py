@@ -259,7 +259,7 @@ def test_half_config_names_the_missing_var_and_never_the_key(monkeypatch):
 
 
 def test_config_repr_hides_the_key():
-    config = llmfn_llm.GatewayConfig.resolve(base_url="https://llm.example.com", api_key=KEY)
+    config = llmfn_llm.GatewayEndpoint.resolve(base_url="https://llm.example.com", api_key=KEY)
     assert config.api_base == "https://llm.example.com/v1"
     assert KEY not in repr(config) and KEY not in str(config)
 

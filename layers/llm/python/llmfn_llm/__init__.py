@@ -10,13 +10,13 @@ API key.
 """
 from __future__ import annotations
 
-from .config import ConfigError, GatewayConfig
+from .config import ConfigError, GatewayEndpoint
 from .context import attach
 from .usage import InvocationUsage, remaining_tokens
 
 __all__ = [
     "ConfigError",
-    "GatewayConfig",
+    "GatewayEndpoint",
     "InvocationUsage",
     "attach",
     "remaining_tokens",

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the function was
         "or to another layer"
     ) from exc
 
-from .config import GatewayConfig
+from .config import GatewayEndpoint
 
 # Building an OpenAI client costs tens of milliseconds (TLS set-up), so one
 # root client per gateway is kept for the process and each invocation gets a
@@ -29,7 +29,7 @@ _roots_pid = os.getpid()
 _lock = threading.Lock()
 
 
-def sync_client(config: GatewayConfig, timeout: float | None) -> openai.OpenAI:
+def sync_client(config: GatewayEndpoint, timeout: float | None) -> openai.OpenAI:
     """An ``openai.OpenAI`` for this invocation, sharing the process's connections."""
     global _roots_pid
     with _lock:
@@ -46,7 +46,7 @@ def sync_client(config: GatewayConfig, timeout: float | None) -> openai.OpenAI:
     )
 
 
-def async_client(config: GatewayConfig, timeout: float | None) -> openai.AsyncOpenAI:
+def async_client(config: GatewayEndpoint, timeout: float | None) -> openai.AsyncOpenAI:
     """A fresh ``openai.AsyncOpenAI``: an async connection pool belongs to the
     event loop that opened it, and a handler may run on a new loop each time.
     The TLS context, the costly part of a new client, is shared by the process."""

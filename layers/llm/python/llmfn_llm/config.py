@@ -22,7 +22,7 @@ class ConfigError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayEndpoint:
     """An OpenAI API base (``.../v1``), its key and the client retry count."""
 
     api_base: str
@@ -39,7 +39,7 @@ class GatewayConfig:
         base_url: str | None = None,
         api_key: str | None = None,
         environ: Mapping[str, str] | None = None,
-    ) -> GatewayConfig:
+    ) -> GatewayEndpoint:
         """Arguments first; each missing half comes from LLMFN_GATEWAY_URL /
         LLMFN_API_KEY when LLMFN_GATEWAY_URL is set, else from OPENAI_BASE_URL /
         OPENAI_API_KEY."""

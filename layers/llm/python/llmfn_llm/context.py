@@ -11,7 +11,7 @@ import functools
 from typing import Any, TypeVar
 
 from .clients import async_client, sync_client
-from .config import GatewayConfig
+from .config import GatewayEndpoint
 from .usage import InvocationUsage, remaining_tokens
 
 ContextT = TypeVar("ContextT")
@@ -24,7 +24,7 @@ def attach(
     context: ContextT, *, base_url: str | None = None, api_key: str | None = None
 ) -> ContextT:
     """Give ``context`` an LLM bound to the gateway; returns the same object."""
-    config = GatewayConfig.resolve(base_url=base_url, api_key=api_key)
+    config = GatewayEndpoint.resolve(base_url=base_url, api_key=api_key)
     timeout = invocation_timeout(context)
     llm = sync_client(config, timeout)
     context.llm = llm

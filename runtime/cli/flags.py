@@ -1,7 +1,6 @@
-"""The ``llmfn`` command line: flags only. Every settings flag is generated from
-the settings models (``--port`` / ``LLMFN_PORT``), so a laptop and a container
-are configured alike and ``--help`` lists every variable; ``runtime.commands``
-runs what the flags ask for."""
+"""The command line's flags. Every settings flag is generated from the settings
+models (``--port`` / ``LLMFN_PORT``), so a laptop and a container are configured
+alike and ``--help`` lists every variable; the flags become settings here too."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +8,7 @@ import logging
 import os
 import sys
 
-from runtime.app.template import TemplateError
-from runtime.embedded_s3 import EmbeddedS3Unavailable
-from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags
+from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, from_flags
 
 # Flags of every command that runs the product; serve adds its own.
 _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzipped_bytes", "bundle_max_entries",
@@ -21,8 +18,9 @@ _FLAGS = {"env_vars": ("--env-vars", "-n")}
 # Where a client of the control plane finds the admin key: LLMFN_ADMIN_KEY, the key
 # file, the data dir's admin.key (on the service's machine).
 _ADMIN = ("admin_key", "admin_key_file", "data_dir")
-# Commands that write the data dir: what they create is the service user's alone.
-_PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage"})
+# Secrets a flag can carry, and where they belong instead: a command line is readable by every local user.
+_SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-file"),
+                 "api_keys": ("--api-keys", "LLMFN_API_KEYS or --api-keys-file")}
 
 
 def _run_flags(p: argparse.ArgumentParser, extra: tuple[str, ...] = (), **kw) -> None:
@@ -104,22 +102,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from runtime.commands import COMMANDS
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
-    if args.command in _PRIVATE_COMMANDS:
-        os.umask(0o077)
-    try:
-        return COMMANDS[args.command](args)
-    except BrokenPipeError:  # output piped into `head` and the like
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (TemplateError, EmbeddedS3Unavailable, ValueError, OSError) as exc:
-        print(f"llmfn: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def settings_of(args: argparse.Namespace) -> Settings:
+    for field, (flag, instead) in _SECRET_FLAGS.items():
+        if getattr(args, field, None) is not None:
+            print(f"llmfn: warning: {flag} puts a secret on the command line, where every local user can "
+                  f"read it (ps, /proc/PID/cmdline); use {instead}", file=sys.stderr, flush=True)
+    settings = from_flags(Settings, args)
+    # Once the settings hold them, the secrets leave the environment that workers and
+    # every other child process inherit.
+    for field in _SECRET_FLAGS:
+        os.environ.pop(f"LLMFN_{field.upper()}", None)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return settings

@@ -1,141 +1,17 @@
-"""The bodies of the ``llmfn`` commands. ``runtime.cli`` parses their flags; the
-commands that run the product (``serve``, ``invoke``, ``start-api``,
-``start-lambda``) are configurations of ``runtime.server.Server``."""
+"""The commands that manage a service: ``keys``, ``usage``, ``deploy`` and
+``rollback`` (on the service's machine, or through its control plane with the
+admin key)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from runtime.app import load_template
+from runtime.cli.flags import settings_of
 from runtime.datadir import admin_key, secure
-from runtime.settings import ClientSettings, PoolSettings, Settings, from_flags
-
-# Secrets a flag can carry, and where they belong instead: a command line is readable by every local user.
-_SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-file"),
-                 "api_keys": ("--api-keys", "LLMFN_API_KEYS or --api-keys-file")}
-
-
-def settings_of(args: argparse.Namespace) -> Settings:
-    for field, (flag, instead) in _SECRET_FLAGS.items():
-        if getattr(args, field, None) is not None:
-            print(f"llmfn: warning: {flag} puts a secret on the command line, where every local user can "
-                  f"read it (ps, /proc/PID/cmdline); use {instead}", file=sys.stderr, flush=True)
-    settings = from_flags(Settings, args)
-    # Once the settings hold them, the secrets leave the environment that workers and
-    # every other child process inherit.
-    for field in _SECRET_FLAGS:
-        os.environ.pop(f"LLMFN_{field.upper()}", None)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    return settings
-
-
-def _server(args: argparse.Namespace, parts, *, optional_template: bool = False):
-    """The server a command runs, from its flags and the template."""
-    from runtime.server import Server, read_template, served_models
-
-    settings = settings_of(args)
-    template = read_template(settings, optional=optional_template)
-    models = served_models(settings, template, from_flags(PoolSettings, args).overrides())
-    return Server(settings, template, models, parts, admin_key=_admin_key_for(settings, parts))
-
-
-def _admin_key_for(settings: Settings, parts) -> str | None:
-    """serve: the configured admin key, or the data dir's, created at first start (it
-    says where, never what). The emulators create none: their control plane opens
-    only to an existing one."""
-    if not parts.service:
-        return admin_key(settings)
-    secure(settings.data_dir)
-    existed = settings.admin_key_path.exists()
-    key = admin_key(settings, create=True)
-    if settings.admin_key is None or not settings.admin_key.get_secret_value():
-        said = "read from" if existed else "created in"
-        print(f"llmfn admin key {said} {settings.admin_key_path} (deploy, rollback, keys and /admin/* need it)",
-              file=sys.stderr, flush=True)
-    return key
-
-
-def serve(args: argparse.Namespace) -> int:
-    from runtime.server import SERVE
-
-    server = _server(args, SERVE, optional_template=True)
-    names = ", ".join(f"{m.name} ({m.source})" for m in server.models)
-    print(f"llmfn models: {names}", file=sys.stderr, flush=True)
-    asyncio.run(server.run_until_signal())
-    return 0
-
-
-def _read_event(source: str | None) -> Any:
-    if source is None:
-        return {}
-    text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    try:
-        return json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"event {source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def invoke(args: argparse.Namespace) -> int:
-    from runtime.server import INVOKE
-
-    server = _server(args, INVOKE)
-    server.template.function(args.function)  # a clear error before anything starts
-    event = _read_event(args.event)
-    return asyncio.run(_invoke(server, args.function, event))
-
-
-async def _invoke(server, name: str, event: Any) -> int:
-    try:
-        await server.start()
-        result = await server.functions.invoke(name, event)
-        out = sys.stdout.buffer
-        async for chunk in result.outcome.stream():
-            out.write(chunk)
-            out.flush()
-        out.write(b"\n")
-        out.flush()
-        await result.report
-    finally:
-        await server.close()
-    return 0
-
-
-def start_api(args: argparse.Namespace) -> int:
-    from runtime.server import START_API
-
-    def started(server) -> None:
-        url = server.urls["http api"]
-        for method, path, fn in server.http_routes:
-            print(f"Mounting {fn} at {url}{path} [{method}]", file=sys.stderr)
-        print(f"llmfn start-api on {url}  gateway on {server.gateway_url}", file=sys.stderr, flush=True)
-
-    asyncio.run(_server(args, START_API).run_until_signal(started))
-    return 0
-
-
-def start_lambda(args: argparse.Namespace) -> int:
-    from runtime.server import START_LAMBDA
-
-    def started(server) -> None:
-        print(f"llmfn start-lambda on {server.urls['lambda api']}  gateway on {server.gateway_url}",
-              file=sys.stderr, flush=True)
-
-    asyncio.run(_server(args, START_LAMBDA).run_until_signal(started))
-    return 0
-
-
-def generate_event(args: argparse.Namespace) -> int:
-    from runtime.triggers.events import generate_event as make
-
-    options = {k: v for k in ("bucket", "key", "method", "path", "body") if (v := getattr(args, k))}
-    print(json.dumps(make(args.service, args.event, **options), indent=2))
-    return 0
+from runtime.settings import ClientSettings, from_flags
 
 
 def keys(args: argparse.Namespace) -> int:
@@ -260,19 +136,6 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def init(args: argparse.Namespace) -> int:
-    from runtime.starters import create_project
-
-    path = create_project(args.name, args.starter)
-    print(f"created {path} from the '{args.starter}' starter; next:\n"
-          f"  cd {args.name} && llmfn invoke {_first_function(path)} -e events/event.json", file=sys.stderr)
-    return 0
-
-
-def _first_function(project: Path) -> str:
-    return next(iter(load_template(project / "template.yaml").functions), "Function")
-
-
 def deploy(args: argparse.Namespace) -> int:
     import s3fs
 
@@ -299,8 +162,3 @@ def rollback(args: argparse.Namespace) -> int:
     version = _admin_request(url, admin, "PUT", body, error=lambda d: d.get("Message"))["FunctionVersion"]
     print(f"{args.function} is on version {version}", file=sys.stderr)
     return 0
-
-
-COMMANDS = {"serve": serve, "invoke": invoke, "start-api": start_api, "start-lambda": start_lambda,
-            "generate-event": generate_event, "keys": keys, "usage": usage, "init": init,
-            "deploy": deploy, "rollback": rollback}

@@ -1,0 +1,39 @@
+"""The ``llmfn`` command: ``runtime.cli.flags`` declares the flags (generated
+from the settings), and each command's body lives with its kind: ``run``
+(serve, invoke, start-api, start-lambda), ``control`` (keys, usage, deploy,
+rollback), ``project`` (init, generate-event)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from runtime.app.template import TemplateError
+from runtime.cli.flags import parser
+from runtime.embedded_s3 import EmbeddedS3Unavailable
+
+# Commands that write the data dir: what they create is the service user's alone.
+_PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage"})
+
+
+def _commands() -> dict:
+    from runtime.cli import control, project, run
+
+    return {"serve": run.serve, "invoke": run.invoke, "start-api": run.start_api, "start-lambda": run.start_lambda,
+            "generate-event": project.generate_event, "init": project.init, "keys": control.keys,
+            "usage": control.usage, "deploy": control.deploy, "rollback": control.rollback}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if args.command in _PRIVATE_COMMANDS:
+        os.umask(0o077)
+    try:
+        return _commands()[args.command](args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (TemplateError, EmbeddedS3Unavailable, ValueError, OSError) as exc:
+        print(f"llmfn: {exc}", file=sys.stderr)
+        return 2

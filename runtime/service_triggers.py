@@ -60,15 +60,12 @@ async def start_triggers(service: "Service") -> Callable[[], Awaitable[None]]:
     """The delivery store and the asynchronous invoker (``service.events``, which the
     Invoke API's Event invocations use too), then the S3 and schedule triggers."""
     template = service.stack.template
-    rules = s3_rules(template.functions, template.resources)
+    rules = s3_rules(template.functions)
     entries = schedule_entries(template.functions)
     settings = service.stack.settings
     store = DeliveryStore(settings.data_dir / "deliveries.sqlite3")
-    globals_fn = (template.globals or {}).get("Function") or {}
     default = os.environ.get("LLMFN_FAILURE_DESTINATION", DEFAULT_FAILURE_DESTINATION)
-    configs = {name: async_config({**globals_fn, **(template.resources[name].get("Properties") or {})},
-                                  default, resources=template.resources)
-               for name in template.functions}
+    configs = {name: async_config(spec.invoke_config, default) for name, spec in template.functions.items()}
     invoker = AsyncInvoker(_invoker(service), store=store, failure_destination=_destination_writer(service),
                            configs=configs, retry_base_delay_s=float(os.environ.get("LLMFN_RETRY_DELAY_S", "60")),
                            queue_limit=settings.event_queue_limit)

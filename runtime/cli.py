@@ -62,6 +62,8 @@ def _add_commands(sub) -> None:
     p.add_argument("function", help="Logical ID of the function in the template.")
     p.add_argument("-e", "--event", help="Event JSON file, or - for standard input.")
     p.add_argument("--env-vars", "-n", help="JSON file of environment variables per function.")
+    p.add_argument("--parameter-overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="Values of the template's Parameters: Key=Value or ParameterKey=Key,ParameterValue=Value.")
     _gateway_flags(p)
     p.set_defaults(port="0")
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.app import load_template
+from runtime.app import load_template, parse_parameter_overrides
 from runtime.functions.instance import caller_aws_environment
 from runtime.datadir import admin_key, secure
 from runtime.stack import Stack, load_env_vars
@@ -22,7 +22,8 @@ def _stack(args: argparse.Namespace) -> Stack:
 
     settings = _settings(args)
     _forget_secret_env()
-    template = load_template(settings.template)
+    template = load_template(settings.template,
+                             parse_parameter_overrides(getattr(args, "parameter_overrides", None) or []))
     # The emulators create no admin key: their control plane opens only to an existing one.
     return Stack(settings=settings, template=template, models=_models(args, settings),
                  env_vars=load_env_vars(getattr(args, "env_vars", None)), admin_key=admin_key(settings),

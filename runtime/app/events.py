@@ -177,7 +177,7 @@ def _s3_destination(on_failure: Mapping[str, Any], where: str) -> str | None:
     kind = str(on_failure.get("Type", "S3" if target else "")).upper()
     if not target:
         return None
-    if kind != "S3":
+    if kind not in ("S3", "S3BUCKET"):  # SAM spells it S3Bucket
         log.warning("%s: %s destinations are not emulated; failed events go to the default destination",
                     where, on_failure.get("Type"))
         return None

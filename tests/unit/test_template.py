@@ -29,7 +29,7 @@ def env_of(doc: dict, name: str = "Fn", overrides: dict | None = None) -> dict[s
 def test_globals_event_invoke_config_merges_with_the_functions_own():
     doc = template({"Own": function({"EventInvokeConfig": {"MaximumRetryAttempts": 0}}),
                     "Moved": function({"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {
-                        "Type": "S3", "Destination": "s3://moved/failed"}}}}),
+                        "Type": "S3Bucket", "Destination": "s3://moved/failed"}}}}),
                     "Plain": function()},
                    Globals={"Function": {"EventInvokeConfig": {
                        "MaximumEventAgeInSeconds": 600,
@@ -38,7 +38,7 @@ def test_globals_event_invoke_config_merges_with_the_functions_own():
     functions = parse_template(doc).functions
     own = functions["Own"].invoke_config
     assert (own.maximum_retry_attempts, own.maximum_event_age_s, own.on_failure) == (0, 600, "s3://dead-letters")
-    assert functions["Moved"].invoke_config.on_failure == "s3://moved/failed"
+    assert functions["Moved"].invoke_config.on_failure == "s3://moved/failed"  # the function's own wins
     assert functions["Moved"].invoke_config.maximum_event_age_s == 600
     plain = functions["Plain"].invoke_config
     assert (plain.maximum_retry_attempts, plain.on_failure) == (2, "s3://dead-letters")

@@ -80,7 +80,7 @@ class Resolver:
         if handler is None:
             raise TemplateError(f"{where}: {fn} cannot be resolved locally (supported: Ref, Fn::Sub, Fn::GetAtt, "
                                 "Fn::Join, Fn::Select, Fn::Split, Fn::If, Fn::FindInMap, Fn::Base64)")
-        return handler(arg, f"{where}")
+        return handler(arg, where)
 
     def _ref(self, name: Any, where: str) -> Any:
         if not isinstance(name, str):
@@ -99,7 +99,9 @@ class Resolver:
         return name
 
     def _get_att(self, arg: Any, where: str) -> str:
-        logical, attribute = arg.split(".", 1) if isinstance(arg, str) else (list(arg) + [None, None])[:2]
+        if not (isinstance(arg, str) and "." in arg or isinstance(arg, list) and len(arg) == 2):
+            raise TemplateError(f"{where}: !GetAtt takes Resource.Attribute, not {arg!r}")
+        logical, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
         attribute = self.resolve(attribute, where)
         if not isinstance(logical, str) or not isinstance(attribute, str):
             raise TemplateError(f"{where}: !GetAtt takes Resource.Attribute, not {arg!r}")

@@ -200,6 +200,7 @@ def test_a_resource_whose_condition_is_false_is_left_out():
     ({"Fn::GetAtt": "Table.Arn"}, r"!GetAtt Table\.Arn has no local value"),
     ({"Fn::GetAtt": "Docs.WebsiteURL"}, r"!GetAtt Docs\.WebsiteURL has no local value"),
     ({"Fn::ImportValue": "shared-vpc"}, r"Fn::ImportValue cannot be resolved locally"),
+    ({"Fn::GetAtt": "Docs"}, r"!GetAtt takes Resource\.Attribute"),
     ({"Fn::Sub": "${Nope}"}, r"!Ref Nope"),
     ({"Fn::If": ["Nope", "a", "b"]}, r"no condition 'Nope'"),
     ({"Fn::FindInMap": ["Sizes", "dev", "Cpu"]}, r"no Mappings\.Sizes\.dev\.Cpu"),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runtime.app.errors import TemplateError
 from runtime.app.events import EventSpec, InvokeConfigSpec, parse_event, parse_invoke_config
-from runtime.app.intrinsics import Resolver
+from runtime.app.intrinsics import Resolver, is_intrinsic
 from runtime.app.sam_globals import merge
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -84,8 +84,7 @@ def parse_function(name: str, resource: dict[str, Any], globals_fn: dict[str, An
     own = resource.get("Properties") or {}
     if not isinstance(own, dict):
         raise TemplateError(f"{where}: must be a mapping")
-    props = {key: merge(globals_fn[key], own[key]) if key in globals_fn and key in own
-             else own.get(key, globals_fn.get(key)) for key in {*globals_fn, *own}}
+    props = merge(globals_fn, own)
     used = {key: resolver.resolve(props[key], f"{where}.{key}") for key in _USED if key in props}
     for key in ("CodeUri", "Handler"):
         if key not in used:
@@ -103,7 +102,7 @@ def parse_function(name: str, resource: dict[str, Any], globals_fn: dict[str, An
             memory_size=used.get("MemorySize", 128),
             environment=_environment(used.get("Environment"), f"{where}.Environment"),
             layers=[_layer_path(ref, resolver, base_dir, f"{where}.Layers.{i}")
-                    for i, ref in enumerate(props.get("Layers") or [])],
+                    for i, ref in enumerate(_layers(props.get("Layers"), resolver, f"{where}.Layers"))],
             events=[parse_event(name, ev_name, ev, resolver.resolve, resolver.resources)
                     for ev_name, ev in events.items()],
             invoke_config=parse_invoke_config(used.get("EventInvokeConfig"), f"{where}.EventInvokeConfig"),
@@ -125,6 +124,14 @@ def _environment(env: Any, where: str) -> dict[str, str]:
         if not isinstance(value, (str, int, float, bool)):
             raise TemplateError(f"{where}.Variables.{key}: must be a string, not {value!r}")
     return {k: str(v) for k, v in variables.items()}
+
+
+def _layers(layers: Any, resolver: Resolver, where: str) -> list[Any]:
+    # Items stay unresolved: a !Ref to a LayerVersion means its local folder, not its ARN.
+    layers = resolver.resolve(layers, where) if is_intrinsic(layers) else layers or []
+    if not isinstance(layers, list):
+        raise TemplateError(f"{where}: must be a list of layers")
+    return layers
 
 
 def _layer_path(ref: Any, resolver: Resolver, base_dir: Path, where: str) -> Path:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from runtime import datadir
 from runtime.accounting.quotas import Limits
-from runtime.app import ModelConfig, PoolConfig, Template, load_template, parse_model_flag
+from runtime.app import ModelConfig, PoolConfig, Template, load_template, parse_model_flag, parse_parameter_overrides
 from runtime.embedded_s3 import EmbeddedS3
 from runtime.functions import DeployError, Deployments, FunctionService
 from runtime.functions.deployments import BundleLimits
@@ -58,7 +58,7 @@ def read_template(settings: Settings, *, optional: bool = False) -> Template:
         named = "template" in settings.model_fields_set
         if not settings.template.exists() or (settings.model and not named):
             return Template()
-    return load_template(settings.template)
+    return load_template(settings.template, parse_parameter_overrides(settings.parameter_overrides))
 
 
 def served_models(settings: Settings, template: Template, pool: dict[str, Any]) -> list[ModelConfig]:

@@ -67,14 +67,11 @@ async def start_triggers(template: Template, settings: Settings, functions: Func
                          s3_endpoint_url: str | None, s3_filesystem: Callable[[], Any]) -> Triggers:
     """The delivery store and the asynchronous invoker (which the Invoke API's Event
     invocations use too), then the S3 and schedule triggers."""
-    rules = s3_rules(template.functions, template.resources)
+    rules = s3_rules(template.functions)
     entries = schedule_entries(template.functions)
     store = DeliveryStore(settings.deliveries_path)
-    globals_fn = (template.globals or {}).get("Function") or {}
     default = settings.failure_destination
-    configs = {name: async_config({**globals_fn, **(template.resources[name].get("Properties") or {})},
-                                  default, resources=template.resources)
-               for name in template.functions}
+    configs = {name: async_config(spec.invoke_config, default) for name, spec in template.functions.items()}
     invoker = AsyncInvoker(_invoker(functions), store=store,
                            failure_destination=_destination_writer(default, s3_filesystem),
                            configs=configs, retry_base_delay_s=settings.retry_delay_s,

@@ -1,7 +1,7 @@
 """Functions in the template: ``AWS::Serverless::Function`` resources (with
-``Globals.Function`` applied) turned into typed specs. llmfn's own per-function
-settings live in the resource's ``Metadata.llmfn`` (foreign content that
-CloudFormation allows on any resource)."""
+``Globals.Function`` merged the SAM way and intrinsics resolved) turned into
+typed specs. llmfn's own per-function settings live in the resource's
+``Metadata.llmfn`` (foreign content that CloudFormation allows on any resource)."""
 from __future__ import annotations
 
 import re
@@ -10,12 +10,10 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-EventType = Literal["HttpApi", "Api", "S3", "Schedule"]
-
-
-class TemplateError(ValueError):
-    """A template problem, naming the resource and property at fault."""
-
+from runtime.app.errors import TemplateError
+from runtime.app.events import EventSpec, InvokeConfigSpec, parse_event, parse_invoke_config
+from runtime.app.intrinsics import Resolver, is_intrinsic
+from runtime.app.sam_globals import merge
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_MAX_BYTES = 4096
@@ -42,20 +40,6 @@ class FunctionLlm(BaseModel):
     idle_timeout: float = Field(300.0, gt=0)
 
 
-class EventSpec(BaseModel):
-    name: str
-    type: EventType
-    properties: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def http_method(self) -> str:
-        return str(self.properties.get("Method", "ANY")).upper()
-
-    @property
-    def http_path(self) -> str:
-        return str(self.properties.get("Path", "$default"))
-
-
 class FunctionSpec(BaseModel):
     name: str
     code_uri: Path
@@ -66,6 +50,7 @@ class FunctionSpec(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     layers: list[Path] = Field(default_factory=list)
     events: list[EventSpec] = Field(default_factory=list)
+    invoke_config: InvokeConfigSpec = Field(default_factory=InvokeConfigSpec)
     llm: FunctionLlm = Field(default_factory=FunctionLlm)
 
     @field_validator("environment")
@@ -85,68 +70,84 @@ class FunctionSpec(BaseModel):
         return self.llm.models is None or model in self.llm.models
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """SAM's Globals merge: maps merge key by key, everything else is replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _layer_path(ref: Any, resources: dict[str, Any], base_dir: Path, where: str) -> Path:
-    if isinstance(ref, dict) and "Ref" in ref:
-        layer = resources.get(ref["Ref"])
-        if not layer or layer.get("Type") != "AWS::Serverless::LayerVersion":
-            raise TemplateError(f"{where}: {ref['Ref']} is not an AWS::Serverless::LayerVersion")
-        uri = (layer.get("Properties") or {}).get("ContentUri")
-        if not isinstance(uri, str):
-            raise TemplateError(f"Resources.{ref['Ref']}.Properties.ContentUri: a local path is required")
-        return (base_dir / uri).resolve()
-    if isinstance(ref, str) and not ref.startswith("arn:"):
-        return (base_dir / ref).resolve()
-    raise TemplateError(f"{where}: layer {ref!r} must be a local path or !Ref to a LayerVersion")
+# The properties a local run uses; the others (Role, Policies, ...) are left as they are,
+# so an intrinsic with no local value there is no error.
+_USED = ("CodeUri", "Handler", "Runtime", "Timeout", "MemorySize", "Environment", "EventInvokeConfig")
+_FIELD_PROPERTY = {"handler": "Handler", "timeout": "Timeout", "memory_size": "MemorySize",
+                   "runtime": "Runtime", "environment": "Environment.Variables"}
 
 
 def parse_function(name: str, resource: dict[str, Any], globals_fn: dict[str, Any],
-                   resources: dict[str, Any], base_dir: Path) -> FunctionSpec:
+                   resolver: Resolver, base_dir: Path) -> FunctionSpec:
+    """One ``AWS::Serverless::Function``: Globals merged the SAM way, then intrinsics resolved."""
     where = f"Resources.{name}.Properties"
-    props = _merge(globals_fn, resource.get("Properties") or {})
+    own = resource.get("Properties") or {}
+    if not isinstance(own, dict):
+        raise TemplateError(f"{where}: must be a mapping")
+    props = merge(globals_fn, own)
+    used = {key: resolver.resolve(props[key], f"{where}.{key}") for key in _USED if key in props}
     for key in ("CodeUri", "Handler"):
-        if key not in props:
+        if key not in used:
             raise TemplateError(f"{where}.{key}: required")
-    if not isinstance(props["CodeUri"], str):
+    if not isinstance(used["CodeUri"], str):
         raise TemplateError(f"{where}.CodeUri: must be a local folder path")
-    env = ((props.get("Environment") or {}).get("Variables") or {})
-    # Intrinsics (!Ref, !GetAtt) cannot be resolved locally: like SAM, leave them unset;
-    # --env-vars supplies real values.
-    env = {k: v for k, v in env.items() if isinstance(v, (str, int, float, bool))}
-    events = []
-    for ev_name, ev in (props.get("Events") or {}).items():
-        try:
-            events.append(EventSpec(name=ev_name, type=ev.get("Type"), properties=ev.get("Properties") or {}))
-        except (ValidationError, AttributeError):
-            raise TemplateError(f"{where}.Events.{ev_name}.Type: must be one of HttpApi, Api, S3, "
-                                "Schedule") from None
-    meta = ((resource.get("Metadata") or {}).get("llmfn") or {})
+    events = props.get("Events") or {}
+    if not isinstance(events, dict):
+        raise TemplateError(f"{where}.Events: must be a mapping of event name to event")
+    meta = resolver.resolve((resource.get("Metadata") or {}).get("llmfn") or {}, f"Resources.{name}.Metadata.llmfn")
     try:
         return FunctionSpec(
-            name=name, code_uri=(base_dir / props["CodeUri"]).resolve(), handler=props["Handler"],
-            runtime=props.get("Runtime", "python3.11"), timeout=props.get("Timeout", 3),
-            memory_size=props.get("MemorySize", 128),
-            environment={k: str(v) for k, v in env.items()},
-            layers=[_layer_path(ref, resources, base_dir, f"{where}.Layers")
-                    for ref in props.get("Layers") or []],
-            events=events, llm=FunctionLlm(**meta))
+            name=name, code_uri=(base_dir / used["CodeUri"]).resolve(), handler=used["Handler"],
+            runtime=used.get("Runtime", "python3.11"), timeout=used.get("Timeout", 3),
+            memory_size=used.get("MemorySize", 128),
+            environment=_environment(used.get("Environment"), f"{where}.Environment"),
+            layers=[_layer_path(ref, resolver, base_dir, f"{where}.Layers.{i}")
+                    for i, ref in enumerate(_layers(props.get("Layers"), resolver, f"{where}.Layers"))],
+            events=[parse_event(name, ev_name, ev, resolver.resolve, resolver.resources)
+                    for ev_name, ev in events.items()],
+            invoke_config=parse_invoke_config(used.get("EventInvokeConfig"), f"{where}.EventInvokeConfig"),
+            llm=FunctionLlm(**meta))
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        prop = {"handler": "Handler", "timeout": "Timeout", "memory_size": "MemorySize",
-                "runtime": "Runtime", "environment": "Environment.Variables"}.get(field)
+        prop = _FIELD_PROPERTY.get(field)
         place = f"{where}.{prop}" if prop else f"Resources.{name}.Metadata.llmfn.{field}"
         raise TemplateError(f"{place}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _environment(env: Any, where: str) -> dict[str, str]:
+    env = {} if env is None else env
+    variables = (env.get("Variables") or {}) if isinstance(env, dict) else None
+    if not isinstance(variables, dict):
+        raise TemplateError(f"{where}: must be a mapping with Variables")
+    for key, value in variables.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise TemplateError(f"{where}.Variables.{key}: must be a string, not {value!r}")
+    return {k: str(v) for k, v in variables.items()}
+
+
+def _layers(layers: Any, resolver: Resolver, where: str) -> list[Any]:
+    # Items stay unresolved: a !Ref to a LayerVersion means its local folder, not its ARN.
+    layers = resolver.resolve(layers, where) if is_intrinsic(layers) else layers or []
+    if not isinstance(layers, list):
+        raise TemplateError(f"{where}: must be a list of layers")
+    return layers
+
+
+def _layer_path(ref: Any, resolver: Resolver, base_dir: Path, where: str) -> Path:
+    if isinstance(ref, dict) and "Ref" in ref and ref["Ref"] in resolver.resources:
+        layer = resolver.resources[ref["Ref"]]
+        if not isinstance(layer, dict) or layer.get("Type") != "AWS::Serverless::LayerVersion":
+            raise TemplateError(f"{where}: {ref['Ref']} is not an AWS::Serverless::LayerVersion")
+        uri_where = f"Resources.{ref['Ref']}.Properties.ContentUri"
+        uri = resolver.resolve((layer.get("Properties") or {}).get("ContentUri"), uri_where)
+        if not isinstance(uri, str):
+            raise TemplateError(f"{uri_where}: a local path is required")
+        return (base_dir / uri).resolve()
+    ref = resolver.resolve(ref, where)
+    if isinstance(ref, str) and not ref.startswith("arn:"):
+        return (base_dir / ref).resolve()
+    raise TemplateError(f"{where}: layer {ref!r} must be a local path or !Ref to a LayerVersion")
 
 
 def with_config(base: FunctionSpec, config: Mapping[str, Any]) -> FunctionSpec:

@@ -1,15 +1,22 @@
-"""Reading ``template.yaml``: AWS SAM with llmfn's settings under the top-level
-``Metadata.llmfn`` key (foreign content that CloudFormation and cfn-lint allow)."""
+"""Reading ``template.yaml``, the one place that does: AWS SAM with llmfn's
+settings under the top-level ``Metadata.llmfn`` key (foreign content that
+CloudFormation and cfn-lint allow). ``Parameters`` (with overrides),
+``Conditions``, ``Mappings``, SAM's ``Globals`` merge and intrinsics are all
+applied here, at load time, so every command reports the same mistakes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from runtime.app.functions import FunctionSpec, TemplateError, parse_function
+from runtime.app.errors import TemplateError
+from runtime.app.functions import FunctionSpec, parse_function
+from runtime.app.intrinsics import FUNCTION, Resolver
 from runtime.app.models import ModelConfig, PoolConfig
+from runtime.app.parameters import ParameterValue, resolve_parameters
+from runtime.app.sam_globals import function_globals
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -31,12 +38,12 @@ _CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
 class Template(BaseModel):
+    """What the runtime uses of a template, every part typed and checked: nothing
+    downstream reads the YAML again."""
     path: Path | None = None
+    parameters: dict[str, ParameterValue] = Field(default_factory=dict, repr=False)  # NoEcho values too
     models: list[ModelConfig] = Field(default_factory=list)
     functions: dict[str, FunctionSpec] = Field(default_factory=dict)
-    resources: dict[str, Any] = Field(default_factory=dict)
-    globals: dict[str, Any] = Field(default_factory=dict)
-    raw: dict[str, Any] = Field(default_factory=dict)
 
     def function(self, name: str) -> FunctionSpec:
         try:
@@ -46,11 +53,33 @@ class Template(BaseModel):
             raise TemplateError(f"no function '{name}' in the template (functions: {known})") from None
 
 
-def parse_template(doc: dict[str, Any], path: Path | None = None) -> Template:
+def parse_template(doc: dict[str, Any], path: Path | None = None,
+                   parameter_overrides: Mapping[str, str] | None = None) -> Template:
+    """A template already read from YAML (tests build them in memory)."""
     if not isinstance(doc, dict):
         raise TemplateError(f"{path or 'template'}: top level must be a mapping")
+    resources = _section(doc, "Resources")
+    parameters = resolve_parameters(doc.get("Parameters"), parameter_overrides)
+    resolver = Resolver(parameters, resources, conditions=_section(doc, "Conditions"),
+                        mappings=_section(doc, "Mappings"))
+    globals_fn = function_globals(doc.get("Globals"))
+    base_dir = path.parent if path else Path.cwd()
+    functions = {name: parse_function(name, res, globals_fn, resolver, base_dir)
+                 for name, res in resources.items()
+                 if isinstance(res, dict) and res.get("Type") == FUNCTION and resolver.included(name)}
+    return Template(path=path, parameters=parameters, models=_models(doc, resolver), functions=functions)
+
+
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise TemplateError(f"{key}: must be a mapping")
+    return value
+
+
+def _models(doc: dict[str, Any], resolver: Resolver) -> list[ModelConfig]:
     meta = (doc.get("Metadata") or {}).get("llmfn") or {}
-    models_doc = meta.get("models") or {}
+    models_doc = resolver.resolve(meta.get("models") or {}, "Metadata.llmfn.models")
     if not isinstance(models_doc, dict):
         raise TemplateError("Metadata.llmfn.models: must be a mapping of model name to settings")
     models = []
@@ -62,18 +91,11 @@ def parse_template(doc: dict[str, Any], path: Path | None = None) -> Template:
                                       pool=PoolConfig(**spec.pop("pool", {}) or {}), **spec))
         except (ValidationError, TypeError) as exc:
             raise TemplateError(f"Metadata.llmfn.models.{name}: {_first_error(exc)}") from None
-    resources = doc.get("Resources") or {}
-    globals_fn = (doc.get("Globals") or {}).get("Function") or {}
-    base_dir = path.parent if path else Path.cwd()
-    functions = {name: parse_function(name, res, globals_fn, resources, base_dir)
-                 for name, res in resources.items()
-                 if isinstance(res, dict) and res.get("Type") == "AWS::Serverless::Function"}
-    return Template(path=path, models=models, functions=functions, resources=resources,
-                    globals=doc.get("Globals") or {}, raw=doc)
+    return models
 
 
-
-def load_template(path: str | Path) -> Template:
+def load_template(path: str | Path, parameter_overrides: Mapping[str, str] | None = None) -> Template:
+    """The one reader of ``template.yaml``; every mistake is a ``TemplateError`` naming its path."""
     path = Path(path)
     try:
         doc = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
@@ -81,7 +103,7 @@ def load_template(path: str | Path) -> Template:
         raise TemplateError(f"{path}: no such template") from None
     except yaml.YAMLError as exc:
         raise TemplateError(f"{path}: not valid YAML: {exc}") from None
-    return parse_template(doc, path)
+    return parse_template(doc, path, parameter_overrides)
 
 
 def _first_error(exc: Exception) -> str:

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from runtime.app.template import TemplateError
+from runtime.app import TemplateError
 from runtime.cli.flags import parser
 from runtime.embedded_s3 import EmbeddedS3Unavailable
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.app import load_template
+from runtime.app import load_template, parse_parameter_overrides
 from runtime.cli.flags import settings_of
 from runtime.datadir import admin_key, secure
 from runtime.settings import ClientSettings, from_flags
@@ -146,7 +146,7 @@ def deploy(args: argparse.Namespace) -> int:
         raise ValueError("--s3-bucket (or LLMFN_DEPLOY_BUCKET) is required")
     settings = settings_of(args)
     admin = _admin_key_or_fail(settings)
-    template = load_template(settings.template)
+    template = load_template(settings.template, parse_parameter_overrides(settings.parameter_overrides))
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings.s3_endpoint_url}
                            if settings.s3_endpoint_url else {})
     run_deploy(template, bucket=client.deploy_bucket, endpoint=client.endpoint, fs=fs,

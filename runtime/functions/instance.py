@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtime import bundled
 from runtime.app.functions import FunctionSpec
+from runtime.app.pseudo import LOCAL_REGION
 from runtime.functions.invocation import Invocation
 
 # After the function's own code and layers: the LLM layer (``context.llm``), then
@@ -76,8 +77,8 @@ class FunctionInstance:
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(spec.timeout)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime(f"%Y/%m/%d/[{self.version}]") + self.id,
-            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_REGION": os.environ.get("AWS_REGION", LOCAL_REGION),
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", LOCAL_REGION),
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
             "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1",
         })

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from runtime.app.pseudo import function_arn
 from runtime.functions.invocation import Invocation, Outcome
 
 PREFIX = "/i/{iid}/2018-06-01/runtime"
@@ -102,10 +103,6 @@ async def post_init_error(request: web.Request) -> web.Response:
         error = {"errorMessage": "init failed", "errorType": "Runtime.Unknown"}
     inst.init_failed(error)
     return web.json_response({"status": "OK"}, status=202)
-
-
-def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
 
 
 def build_runtime_api(instances: dict[str, Instance]) -> web.Application:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import parse_qsl, unquote
 
-LOCAL_ACCOUNT_ID = "123456789012"  # the account id SAM puts in every local event
+from runtime.app.pseudo import LOCAL_ACCOUNT_ID
+
 DEFAULT_ROUTE = "$default"
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

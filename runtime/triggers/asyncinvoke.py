@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
-from runtime.app.functions import TemplateError
-from runtime.triggers.apigw import LOCAL_ACCOUNT_ID
+from runtime.app.events import MAX_EVENT_AGE_S, MAX_RETRY_ATTEMPTS, InvokeConfigSpec
+from runtime.app.pseudo import LOCAL_ACCOUNT_ID
 from runtime.triggers.delivery import Delivery, DeliveryStore
 from runtime.triggers.events import DEFAULT_REGION
-from runtime.triggers.s3 import bucket_name
 
 log = logging.getLogger("llmfn.triggers")
 
@@ -48,65 +47,19 @@ Invoke = Callable[[str, dict], Awaitable[InvokeOutcome]]
 # The integrator writes the record there, e.g. one JSON object per failed event.
 FailureDestination = Callable[[str, "str | None", dict], Awaitable[None]]
 
-MAX_RETRY_ATTEMPTS = 2
-MAX_EVENT_AGE_S = 21600
-MIN_EVENT_AGE_S = 60
-
-
 @dataclass(frozen=True)
 class AsyncConfig:
-    """A function's ``EventInvokeConfig``; the defaults are Lambda's."""
+    """How one function's events are retried and where they go when it gives up; the defaults are Lambda's."""
     maximum_retry_attempts: int = MAX_RETRY_ATTEMPTS
     maximum_event_age_s: float = MAX_EVENT_AGE_S
     destination: str | None = None  # on-failure destination, "s3://bucket/prefix"
 
 
-def async_config(resource_properties: Mapping[str, Any], default_destination: str | None = None, *,
-                 resources: Mapping[str, Any] | None = None, where: str = "Properties") -> AsyncConfig:
-    """``EventInvokeConfig`` of a function resource's ``Properties`` (Globals already merged).
-
-    The on-failure destination may be ``s3://bucket/prefix``, an S3 bucket ARN,
-    or ``!Ref`` / ``!GetAtt X.Arn`` of an ``AWS::S3::Bucket`` in ``resources``.
-    SQS, SNS, Lambda and EventBridge destinations do not exist locally: they
-    fall back to ``default_destination`` with a warning.
-    """
-    cfg = resource_properties.get("EventInvokeConfig") or {}
-    where = f"{where}.EventInvokeConfig"
-    retries = _int_in(cfg, "MaximumRetryAttempts", MAX_RETRY_ATTEMPTS, 0, MAX_RETRY_ATTEMPTS, where)
-    max_age = _int_in(cfg, "MaximumEventAgeInSeconds", MAX_EVENT_AGE_S, MIN_EVENT_AGE_S, MAX_EVENT_AGE_S, where)
-    on_failure = ((cfg.get("DestinationConfig") or {}).get("OnFailure") or {})
-    destination = _s3_destination(on_failure, resources or {}, f"{where}.DestinationConfig.OnFailure")
-    return AsyncConfig(retries, max_age, destination or default_destination)
-
-
-def _int_in(cfg: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise TemplateError(f"{where}.{key}: must be an integer from {low} to {high}")
-    return value
-
-
-def _s3_destination(on_failure: Mapping[str, Any], resources: Mapping[str, Any], where: str) -> str | None:
-    target = on_failure.get("Destination")
-    kind = str(on_failure.get("Type", "S3" if target else "")).upper()
-    if not target:
-        return None
-    if kind != "S3":
-        log.warning("%s: %s destinations are not emulated; failed events go to the default destination",
-                    where, on_failure.get("Type"))
-        return None
-    if isinstance(target, str) and target.startswith("s3://"):
-        return target.rstrip("/")
-    if isinstance(target, str) and target.startswith("arn:aws:s3:::"):
-        return "s3://" + target.removeprefix("arn:aws:s3:::").rstrip("/")
-    if isinstance(target, dict) and "Fn::GetAtt" in target:
-        logical = target["Fn::GetAtt"]
-        logical = logical.split(".")[0] if isinstance(logical, str) else logical[0]
-        return f"s3://{bucket_name({'Ref': logical}, resources)}"
-    if isinstance(target, dict) and "Ref" in target:
-        return f"s3://{bucket_name(target, resources)}"
-    raise TemplateError(f"{where}.Destination: must be s3://bucket/prefix, a bucket ARN, "
-                        "or !Ref / !GetAtt of an AWS::S3::Bucket")
+def async_config(spec: InvokeConfigSpec, default_destination: str | None = None) -> AsyncConfig:
+    """A function's ``EventInvokeConfig`` spec, its on-failure destination
+    falling back to ``default_destination`` when the template names none."""
+    return AsyncConfig(spec.maximum_retry_attempts, spec.maximum_event_age_s,
+                       spec.on_failure or default_destination)
 
 
 class QueueFull(Exception):

@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import quote_plus
 
-from runtime.triggers.apigw import LOCAL_ACCOUNT_ID, HttpRequestData, http_api_event, match_route, rest_api_event
+from runtime.app.pseudo import LOCAL_ACCOUNT_ID, LOCAL_REGION
+from runtime.triggers.apigw import HttpRequestData, http_api_event, match_route, rest_api_event
 
-DEFAULT_REGION = "us-east-1"
+DEFAULT_REGION = LOCAL_REGION
 
 # A per-process counter keeps sequencers of records stamped in the same nanosecond ordered.
 _SEQUENCE = itertools.count()

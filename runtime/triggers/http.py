@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from runtime.app.functions import FunctionSpec
+from runtime.app import FunctionSpec, HttpEvent
 from runtime.functions import FunctionService
 from runtime.functions.invocation import Outcome
 from runtime.triggers import apigw
@@ -30,8 +30,8 @@ class Route:
 
 
 def routes_of(functions: dict[str, FunctionSpec]) -> list[Route]:
-    return [Route(ev.http_method, ev.http_path, spec.name, ev.type)
-            for spec in functions.values() for ev in spec.events if ev.type in ("HttpApi", "Api")]
+    return [Route(ev.method, ev.path, spec.name, ev.type)
+            for spec in functions.values() for ev in spec.events if isinstance(ev, HttpEvent)]
 
 
 async def _request_data(request: web.Request) -> apigw.HttpRequestData:

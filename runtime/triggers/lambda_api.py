@@ -21,6 +21,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from runtime.app.pseudo import function_arn
 from runtime.errors import AuthenticationFailed, LlmfnError
 from runtime.functions import DeployError, FunctionService, StagedBundle
 from runtime.gateway.auth import Authenticator, bearer_token
@@ -49,7 +50,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     name = _function_name(request.match_info["name"])
     if name not in service.functions:
         return _aws_error(404, "ResourceNotFoundException",
-                          f"Function not found: arn:aws:lambda:us-east-1:123456789012:function:{name}")
+                          f"Function not found: {function_arn(name)}")
     kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
     if kind not in ("RequestResponse", "Event", "DryRun"):
         return _aws_error(400, "InvalidParameterValueException",

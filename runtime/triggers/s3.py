@@ -39,7 +39,7 @@ from typing import Any, AsyncIterator, Mapping
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
-from runtime.app.functions import FunctionSpec, TemplateError
+from runtime.app import FunctionSpec, S3Event
 from runtime.triggers.delivery import DeliveryStore, Submit
 from runtime.triggers.events import s3_event, s3_put_record
 
@@ -72,52 +72,21 @@ class S3Rule:
         return f"s3-baseline:{self.function}:{self.bucket}:{self.prefix}:{self.suffix}"
 
 
-def bucket_name(value: Any, resources: Mapping[str, Any]) -> str:
-    """The bucket an S3 event's ``Bucket`` names: a plain name, or ``!Ref`` to an ``AWS::S3::Bucket``.
-
-    A referenced bucket is called by its ``BucketName`` when that is a plain
-    string; otherwise by its logical id lower-cased (``DocsBucket`` →
-    ``docsbucket``), a valid, stable name where CloudFormation would invent
-    ``stack-docsbucket-<random>``.
-    """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("Ref"), str):
-        logical = value["Ref"]
-        resource = resources.get(logical)
-        if not isinstance(resource, dict) or resource.get("Type") != "AWS::S3::Bucket":
-            raise TemplateError(f"Resources.{logical}: an S3 event's Bucket must !Ref an AWS::S3::Bucket")
-        name = (resource.get("Properties") or {}).get("BucketName")
-        return name if isinstance(name, str) else logical.lower()
-    raise TemplateError(f"S3 Bucket {value!r}: must be a bucket name or !Ref to an AWS::S3::Bucket")
-
-
-def s3_rules(functions: Mapping[str, FunctionSpec], resources: Mapping[str, Any]) -> list[S3Rule]:
+def s3_rules(functions: Mapping[str, FunctionSpec]) -> list[S3Rule]:
     """Every ``S3`` event of the template's functions that the poller can serve."""
     rules = []
     for spec in functions.values():
         for event in spec.events:
-            if event.type != "S3":
+            if not isinstance(event, S3Event):
                 continue
-            rule = _rule(spec.name, event.name, event.properties, resources)
+            rule = S3Rule(function=spec.name, bucket=event.bucket, events=list(event.events),
+                          prefix=event.prefix, suffix=event.suffix)
             if rule.wants_created():
                 rules.append(rule)
             else:
                 log.warning("%s.%s: only ObjectCreated events are emulated; %s never fires",
                             spec.name, event.name, ", ".join(rule.events))
     return rules
-
-
-def _rule(function: str, event: str, props: Mapping[str, Any], resources: Mapping[str, Any]) -> S3Rule:
-    where = f"Resources.{function}.Properties.Events.{event}.Properties"
-    if "Bucket" not in props:
-        raise TemplateError(f"{where}.Bucket: required")
-    events = props.get("Events") or "s3:ObjectCreated:*"
-    key_rules = (((props.get("Filter") or {}).get("S3Key") or {}).get("Rules") or [])
-    filters = {str(r.get("Name", "")).lower(): str(r.get("Value", "")) for r in key_rules if isinstance(r, dict)}
-    return S3Rule(function=function, bucket=bucket_name(props["Bucket"], resources),
-                  events=[events] if isinstance(events, str) else [str(e) for e in events],
-                  prefix=filters.get("prefix", ""), suffix=filters.get("suffix", ""))
 
 
 @dataclass(frozen=True)

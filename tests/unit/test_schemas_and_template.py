@@ -63,7 +63,7 @@ def test_errors_have_the_openai_shape_and_statuses():
     assert Overloaded("x").status == 503
 
 
-def test_template_keeps_cloudformation_tags(tmp_path):
+def test_template_resolves_cloudformation_tags(tmp_path):
     path = tmp_path / "template.yaml"
     path.write_text("""
 Transform: AWS::Serverless-2016-10-31
@@ -78,12 +78,13 @@ Resources:
       CodeUri: src/
       Handler: app.handler
       Environment: {Variables: {TABLE: !Ref Table, ARN: !GetAtt Table.Arn}}
+  Table:
+    Type: AWS::S3::Bucket
 """)
     t = load_template(path)
     assert [m.name for m in t.models] == ["chat"]
     assert t.models[0].pool.max_workers == 3 and t.models[0].pool.n_gpu_layers == -1
-    env = t.resources["Fn"]["Properties"]["Environment"]["Variables"]
-    assert env == {"TABLE": {"Ref": "Table"}, "ARN": {"Fn::GetAtt": "Table.Arn"}}
+    assert t.function("Fn").environment == {"TABLE": "table", "ARN": "arn:aws:s3:::table"}
 
 
 def test_template_errors_name_the_place(tmp_path):

@@ -6,18 +6,27 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-from runtime.app.functions import EventSpec, FunctionSpec, TemplateError
+from runtime.app import FunctionSpec, TemplateError, parse_template
 from runtime.triggers.asyncinvoke import AsyncConfig, AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
-from runtime.triggers.s3 import S3Rule, bucket_name, s3_rules
-from runtime.triggers.schedule import (CronSchedule, RateSchedule, Scheduler, aws_cron_to_croniter,
-                                       parse_schedule, schedule_entries)
+from runtime.triggers.s3 import S3Rule, s3_rules
+from runtime.app.schedules import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
+from runtime.triggers.schedule import Scheduler, schedule_entries
 
 BASE_DELAY = 0.05
+
+
+def invoke_config(props: dict, resources: dict | None = None):
+    """The EventInvokeConfig spec of a function with these properties, read from a template."""
+    doc = {"Resources": {"Fn": {"Type": "AWS::Serverless::Function",
+                                "Properties": {"CodeUri": ".", "Handler": "app.handler", **props}},
+                         **(resources or {})}}
+    return parse_template(doc).functions["Fn"].invoke_config
+
+
 ERROR = {"errorType": "ValueError", "errorMessage": "boom", "stackTrace": ["  File app.py"]}
 EVENT = {"Records": [{"s3": {"object": {"key": "in/a.txt"}}}]}
 
@@ -165,7 +174,7 @@ async def test_event_too_old_before_its_first_attempt_is_never_invoked(store, tm
 
 async def test_maximum_retry_attempts_zero(store):
     invoke, dest = FakeInvoke(FAIL), Destinations()
-    config = async_config({"EventInvokeConfig": {"MaximumRetryAttempts": 0}})
+    config = async_config(invoke_config({"EventInvokeConfig": {"MaximumRetryAttempts": 0}}))
     invoker = make_invoker(store, invoke, dest)
     await invoker.submit("Fn", EVENT, event_id="e1", config=config)
     await invoker.drain()
@@ -248,19 +257,21 @@ def test_async_config_from_the_template():
     props = {"EventInvokeConfig": {"MaximumRetryAttempts": 1, "MaximumEventAgeInSeconds": 120,
                                    "DestinationConfig": {"OnFailure": {"Type": "S3",
                                                                        "Destination": "s3://dlq/prefix/"}}}}
-    assert async_config(props, "s3://default") == AsyncConfig(1, 120, "s3://dlq/prefix")
-    assert async_config({}, "s3://default") == AsyncConfig(2, 21600, "s3://default")
-    by_ref = {"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {
+    assert async_config(invoke_config(props), "s3://default") == AsyncConfig(1, 120, "s3://dlq/prefix")
+    assert async_config(invoke_config({}), "s3://default") == AsyncConfig(2, 21600, "s3://default")
+    by_att = {"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {
         "Type": "S3", "Destination": {"Fn::GetAtt": ["Dlq", "Arn"]}}}}}
-    assert async_config(by_ref, resources=resources).destination == "s3://my-dlq"
+    assert async_config(invoke_config(by_att, resources)).destination == "s3://my-dlq"
+    by_ref = {"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Type": "S3", "Destination": {"Ref": "Dlq"}}}}}
+    assert async_config(invoke_config(by_ref, resources)).destination == "s3://my-dlq"
     arn = {"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:s3:::b"}}}}
-    assert async_config(arn).destination == "s3://b"
+    assert async_config(invoke_config(arn)).destination == "s3://b"
     sqs = {"EventInvokeConfig": {"DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": "arn:q"}}}}
-    assert async_config(sqs, "s3://default").destination == "s3://default"
-    with pytest.raises(TemplateError, match="MaximumRetryAttempts"):
-        async_config({"EventInvokeConfig": {"MaximumRetryAttempts": 3}})
+    assert async_config(invoke_config(sqs), "s3://default").destination == "s3://default"
+    with pytest.raises(TemplateError, match=r"Resources\.Fn\.Properties\.EventInvokeConfig\.MaximumRetryAttempts"):
+        invoke_config({"EventInvokeConfig": {"MaximumRetryAttempts": 3}})
     with pytest.raises(TemplateError, match="MaximumEventAgeInSeconds"):
-        async_config({"EventInvokeConfig": {"MaximumEventAgeInSeconds": 30}})
+        invoke_config({"EventInvokeConfig": {"MaximumEventAgeInSeconds": 30}})
 
 
 # --- delivery store -------------------------------------------------------------
@@ -305,8 +316,12 @@ def test_baseline_rows_are_seen_but_never_pending(store):
 MOMENT = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)  # a Thursday
 
 
-def fn(*events: EventSpec) -> dict[str, FunctionSpec]:
-    return {"Digest": FunctionSpec(name="Digest", code_uri=Path("."), handler="app.handler", events=list(events))}
+def fn(events: dict, resources: dict | None = None) -> dict[str, FunctionSpec]:
+    """The template's functions: one, ``Digest``, with these ``Events``."""
+    doc = {"Resources": {"Digest": {"Type": "AWS::Serverless::Function",
+                                    "Properties": {"CodeUri": ".", "Handler": "app.handler", "Events": events}},
+                         **(resources or {})}}
+    return parse_template(doc).functions
 
 
 @pytest.mark.parametrize("expression, period", [
@@ -370,13 +385,13 @@ def test_bad_cron_expressions(fields):
 
 
 def test_schedule_entries_from_the_template():
-    entries = schedule_entries(fn(
-        EventSpec(name="Hourly", type="Schedule", properties={"Schedule": "rate(1 hour)"}),
-        EventSpec(name="Off", type="Schedule", properties={"Schedule": "rate(1 hour)", "Enabled": False}),
-        EventSpec(name="Named", type="Schedule", properties={"Schedule": "cron(0 12 * * ? *)", "Name": "noon",
-                                                             "Input": '{"report": "daily"}'}),
-        EventSpec(name="Web", type="HttpApi", properties={"Path": "/x"}),
-    ))
+    entries = schedule_entries(fn({
+        "Hourly": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)"}},
+        "Off": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)", "Enabled": False}},
+        "Named": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 12 * * ? *)", "Name": "noon",
+                                                     "Input": '{"report": "daily"}'}},
+        "Web": {"Type": "HttpApi", "Properties": {"Path": "/x"}},
+    }))
     hourly, off, named = entries
     assert (hourly.function, hourly.event, hourly.rule, hourly.enabled) == ("Digest", "Hourly", "DigestHourly", True)
     assert off.enabled is False
@@ -391,10 +406,9 @@ def test_schedule_entries_from_the_template():
 
 def test_schedule_template_errors_name_the_property():
     with pytest.raises(TemplateError, match=r"Events\.Bad\.Properties\.Schedule"):
-        schedule_entries(fn(EventSpec(name="Bad", type="Schedule", properties={"Schedule": "rate(1 week)"})))
+        fn({"Bad": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 week)"}}})
     with pytest.raises(TemplateError, match=r"Input"):
-        schedule_entries(fn(EventSpec(name="Bad", type="Schedule",
-                                      properties={"Schedule": "rate(1 hour)", "Input": "{not json"})))
+        fn({"Bad": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)", "Input": "{not json"}}})
 
 
 class RecordingSubmit:
@@ -413,11 +427,11 @@ class RecordingSubmit:
 
 
 async def test_scheduler_fires_enabled_entries_and_skips_disabled_ones():
-    on, off, with_input = schedule_entries(fn(
-        EventSpec(name="Tick", type="Schedule", properties={"Schedule": "rate(1 second)"}),
-        EventSpec(name="Off", type="Schedule", properties={"Schedule": "rate(1 second)", "Enabled": False}),
-        EventSpec(name="In", type="Schedule", properties={"Schedule": "rate(1 second)", "Input": '{"k": 1}'}),
-    ))
+    on, off, with_input = schedule_entries(fn({
+        "Tick": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 second)"}},
+        "Off": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 second)", "Enabled": False}},
+        "In": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 second)", "Input": '{"k": 1}'}},
+    }))
     submit = RecordingSubmit()
     scheduler = Scheduler([on, off, with_input], submit)
     await scheduler.start()
@@ -436,8 +450,7 @@ async def test_scheduler_fires_enabled_entries_and_skips_disabled_ones():
 
 
 async def test_a_firing_is_submitted_once_even_if_fired_twice():
-    [entry] = schedule_entries(fn(EventSpec(name="Noon", type="Schedule",
-                                            properties={"Schedule": "cron(0 12 * * ? *)"})))
+    [entry] = schedule_entries(fn({"Noon": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 12 * * ? *)"}}}))
     submit = RecordingSubmit()
     scheduler = Scheduler([entry], submit)
     noon = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
@@ -455,19 +468,23 @@ async def _until(predicate):
 def test_s3_rules_resolve_buckets_and_filters():
     resources = {"DocsBucket": {"Type": "AWS::S3::Bucket"},
                  "Named": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "my-docs"}}}
-    functions = fn(
-        EventSpec(name="Upload", type="S3", properties={
+    functions = fn({
+        "Upload": {"Type": "S3", "Properties": {
             "Bucket": {"Ref": "DocsBucket"}, "Events": "s3:ObjectCreated:*",
             "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": "incoming/"},
-                                           {"Name": "Suffix", "Value": ".txt"}]}}}),
-        EventSpec(name="Named", type="S3", properties={"Bucket": {"Ref": "Named"},
-                                                       "Events": ["s3:ObjectCreated:Put"]}),
-        EventSpec(name="Removed", type="S3", properties={"Bucket": "plain", "Events": "s3:ObjectRemoved:*"}),
-    )
-    assert s3_rules(functions, resources) == [
+                                           {"Name": "Suffix", "Value": ".txt"}]}}}},
+        "Named": {"Type": "S3", "Properties": {"Bucket": {"Ref": "Named"}, "Events": ["s3:ObjectCreated:Put"]}},
+        "Removed": {"Type": "S3", "Properties": {"Bucket": "plain", "Events": "s3:ObjectRemoved:*"}},
+        "Plain": {"Type": "S3", "Properties": {"Bucket": "plain"}},
+    }, resources)
+    assert s3_rules(functions) == [
         S3Rule("Digest", "docsbucket", ["s3:ObjectCreated:*"], "incoming/", ".txt"),
         S3Rule("Digest", "my-docs", ["s3:ObjectCreated:Put"], "", ""),
+        S3Rule("Digest", "plain", ["s3:ObjectCreated:*"], "", ""),
     ]
-    assert bucket_name("plain", {}) == "plain"
-    with pytest.raises(TemplateError):
-        bucket_name({"Ref": "Missing"}, resources)
+    with pytest.raises(TemplateError, match=r"Events\.Upload\.Properties\.Bucket: .*Missing"):
+        fn({"Upload": {"Type": "S3", "Properties": {"Bucket": {"Ref": "Missing"}}}})
+    with pytest.raises(TemplateError, match=r"Events\.Upload\.Properties\.Bucket: .*AWS::S3::Bucket"):
+        fn({"Upload": {"Type": "S3", "Properties": {"Bucket": {"Ref": "Digest"}}}})
+    with pytest.raises(TemplateError, match=r"Events\.Upload\.Properties\.Bucket: required"):
+        fn({"Upload": {"Type": "S3", "Properties": {}}})

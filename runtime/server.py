@@ -242,7 +242,7 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
     async def _start_triggers(self) -> None:
-        from runtime.service_triggers import start_triggers
+        from runtime.triggers.assembly import start_triggers
 
         triggers = await start_triggers(self.template, self.settings, self.functions,
                                         s3_endpoint_url=self.s3_endpoint_url, s3_filesystem=self.s3_filesystem)

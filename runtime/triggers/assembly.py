@@ -1,7 +1,7 @@
-"""Event triggers of ``llmfn serve``: S3 uploads (a durable poller),
-schedules and the Invoke API's Event invocations feed Lambda's asynchronous
-invocation (retries, event age, an on-failure destination in S3), over the
-service's function runtime."""
+"""The event triggers of a long-lived service, put together: S3 uploads (a
+durable poller), schedules and the Invoke API's Event invocations feed Lambda's
+asynchronous invocation (retries, event age, an on-failure destination in S3)
+over the function runtime it is given. ``runtime.server`` starts it for serve."""
 from __future__ import annotations
 
 import asyncio

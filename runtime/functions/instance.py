@@ -9,11 +9,21 @@ import signal
 import sys
 import time
 import uuid
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Mapping
 
 from runtime.app.functions import FunctionSpec
 from runtime.functions.invocation import Invocation
+
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"  # the process is importing the handler
+    IDLE = "idle"  # warm, waiting for an invocation
+    BUSY = "busy"  # running one invocation
+    STOPPED = "stopped"
+
 
 LAYER_PATH = Path(__file__).resolve().parents[2] / "layers" / "llm" / "python"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +56,7 @@ class FunctionInstance:
         self.pending: asyncio.Queue[Invocation] = asyncio.Queue()
         self.current: Invocation | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self.state = "starting"  # starting | idle | busy | stopped
+        self.state = InstanceState.STARTING
         self.spawned_at = 0.0
         self.init_duration_ms: float | None = None  # set on the first poll
         self.init_error: dict | None = None
@@ -121,7 +131,7 @@ class FunctionInstance:
         return code
 
     async def stop(self, kill: bool = False) -> None:
-        self.state = "stopped"
+        self.state = InstanceState.STOPPED
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return

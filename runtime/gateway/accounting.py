@@ -15,6 +15,7 @@ from aiohttp import web
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Grant, Limits, QuotaPolicy
+from runtime.accounting.status import CallerKind, ServiceType
 from runtime.accounting.reports import parse_period, usage_report
 from runtime.errors import InvalidRequest, NotFound, PermissionDenied
 from runtime.gateway.auth import Principal, principal_of
@@ -35,21 +36,14 @@ class QuotaBook:
 
     def limits(self, principal: Principal, model: str) -> Limits:
         limits = self.model_defaults.get(model, Limits())
-        if principal.kind == "function":
+        if principal.kind is CallerKind.FUNCTION:
             per_model = self.functions.get(principal.name, {})
             limits = limits.tighten(per_model.get(model) or per_model.get("*") or Limits())
-        elif principal.kind == "key" and self.keys is not None:
+        elif principal.kind is CallerKind.KEY and self.keys is not None:
             record = self.keys.get(principal.name)
             if record is not None:
                 limits = limits.tighten(record.limits)
         return limits
-
-
-def subject_of(principal: Principal) -> tuple[str, str]:
-    """(service type, resource) of a caller, as the ledger names them."""
-    if principal.kind == "function":
-        return "function", principal.name
-    return "key", principal.name
 
 
 class Accounting:
@@ -79,7 +73,7 @@ class Accounting:
         limits = self.book.limits(principal, model)
         if not limits:
             return None
-        kind, resource = subject_of(principal)
+        kind, resource = principal.subject
         return await self.policy.reserve(kind, resource, model, limits, tokens)
 
     async def settle(self, grant: Grant | None, actual: int) -> None:
@@ -87,7 +81,7 @@ class Accounting:
             await self.policy.settle(grant, actual)
 
     async def remaining(self, principal: Principal, model: str) -> int | None:
-        kind, resource = subject_of(principal)
+        kind, resource = principal.subject
         return await self.policy.remaining(kind, resource, model, self.book.limits(principal, model))
 
 
@@ -130,11 +124,11 @@ async def usage(request: web.Request) -> web.Response:
     principal = principal_of(request)
     service_type, resource = q.get("service_type") or None, q.get("resource") or None
     if not principal.reads_all_usage:  # everyone's usage is the admin's (and allowed functions')
-        own_type, own = subject_of(principal)
+        own_type, own = principal.subject
         if (resource and resource != own) or (service_type and service_type != own_type):
             raise PermissionDenied("A key or an invocation token can only read its own usage")
         service_type, resource = own_type, own
-    if service_type not in (None, "function", "key"):
+    if service_type not in (None, *ServiceType):
         raise InvalidRequest("service_type must be function or key", param="service_type")
     by = q.get("by", "day")
     if by not in ("day", "model", "resource"):

@@ -123,7 +123,7 @@ async def failed_calls_middleware(request: web.Request, handler):
         if endpoint is not None:
             meter = request.get(METER) or request.app[CALLS].meter(
                 _model_label(request), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
-            meter.done(f"error:{err.code}")
+            meter.failed(err)
         raise
 
 
@@ -144,8 +144,8 @@ LLM_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions
 def _tally(invocations: InvocationTokens):
     def sink(call: CallRecord) -> None:
         if call.principal.invocation_id is not None:
-            error = call.status.removeprefix("error:") if call.status.startswith("error:") else None
-            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens, error)
+            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens,
+                               call.error)
     return sink
 
 

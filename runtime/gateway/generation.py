@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.accounting.status import CallStatus
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
@@ -103,12 +104,12 @@ class Generation:
                 return await self._stream(prompts, limits)
             return await self._whole(prompts, limits)
         except LlmfnError as err:
-            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
-                                    self.completion_tokens + self.partial)
+            await self.meter.finish(CallStatus.ERROR, self.prompt_tokens,
+                                    self.completion_tokens + self.partial, error=err.code)
             raise
         except BaseException:
             # Client went away (cancelled) or a bug: still count what was generated.
-            self.meter.done("cancelled", self.prompt_tokens, self.completion_tokens + self.partial)
+            self.meter.done(CallStatus.CANCELLED, self.prompt_tokens, self.completion_tokens + self.partial)
             raise
         finally:
             await acct.settle(grant, self.prompt_tokens + self.completion_tokens + self.partial)
@@ -181,7 +182,7 @@ class Generation:
                     c.finish, c.tokens = ev.finish_reason, ev.completion_tokens
         choices = [self._choice(states[i]) for i in sorted(states)]
         usage = self._usage()
-        await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         cls = s.ChatCompletion if self.chat else s.Completion
         body = cls(id=self.id, created=self.created, model=self.req.model, choices=choices, usage=usage)
         return web.json_response(text=body.model_dump_json(exclude_none=True),
@@ -237,12 +238,12 @@ class Generation:
                         else:  # a choice's end: leaves with what follows it
                             out.hold_raw(chunk)
             usage = self._usage()
-            await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+            await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
         except LlmfnError as err:
             if not out.started:
                 raise
-            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
-                                    self.completion_tokens + self.partial)
+            await self.meter.finish(CallStatus.ERROR, self.prompt_tokens,
+                                    self.completion_tokens + self.partial, error=err.code)
             return await out.fail(err.body())
         if opts.include_usage or opts.continuous_usage_stats:
             out.hold_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")

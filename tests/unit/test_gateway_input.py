@@ -114,6 +114,7 @@ def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path)
     from prometheus_client import generate_latest
 
     from runtime.gateway.auth import ANONYMOUS
+    from runtime.accounting.status import CallStatus
     from runtime.gateway.calls import CallRecord
     from runtime.gateway.metrics import Metrics
     from runtime.pool import Pools
@@ -122,7 +123,8 @@ def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path)
     metrics.watch_pools(Pools([model("served")], ModelStore(tmp_path)))
     for i in range(50):
         name = "served" if i == 0 else f"{i}" + "z" * 10_000
-        metrics.observe_call(CallRecord(0.0, ANONYMOUS, name, "chat", "error:model_not_found", 3, 1, 0, 0.1, 0.05))
+        metrics.observe_call(CallRecord(0.0, ANONYMOUS, name, "chat", CallStatus.ERROR, 3, 1, 0, 0.1, 0.05,
+                                        error="model_not_found"))
         metrics.observe_ttft(name, 0.05)
     text = generate_latest(metrics.registry).decode()
     assert "zzzz" not in text and len(text) < 50_000

@@ -35,13 +35,35 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Protocol, Sequence
 
-from runtime.accounting.status import INTERRUPTED, LedgerStatus, ServiceType, ledger_outcome
+from runtime.accounting.status import INTERRUPTED, CallerKind, CallStatus, LedgerStatus, ServiceType, ledger_outcome
 from runtime.errors import LedgerUnavailable
 
-if TYPE_CHECKING:  # accounting sits below the gateway; it only reads the record's shape
-    from runtime.gateway.calls import CallRecord
+
+class Caller(Protocol):
+    kind: CallerKind
+    name: str
+    invocation_id: str | None
+
+
+class CallRecord(Protocol):
+    """What the ledger reads of a call (the gateway's ``CallRecord``): accounting
+    sits below the gateway and only knows the record's shape."""
+    at: float
+    principal: Caller
+    model: str
+    endpoint: str
+    status: CallStatus
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    request_id: str
+    call_id: str
+    reserved: int
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +121,7 @@ class LedgerRow:
     reserved_tokens: int = 0  # what the call reserved at admission (prompt + max tokens)
 
     @classmethod
-    def from_call(cls, record: "CallRecord") -> "LedgerRow":
+    def from_call(cls, record: CallRecord) -> "LedgerRow":
         status, error_type = ledger_outcome(record.status, record.error)
         service_type = record.principal.kind.service_type
         return cls(

@@ -23,7 +23,7 @@ from runtime.errors import AuthenticationFailed, PermissionDenied
 
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.status import CallerKind, ServiceType
-from runtime.accounting.page import PUBLIC_PATHS as PAGE_PATHS
+from runtime.gateway.usage_page import PUBLIC_PATHS as PAGE_PATHS
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS
 ADMIN_PREFIX = "/admin/"  # every route under it is the control plane

@@ -18,7 +18,7 @@ from runtime.accounting.status import CallStatus
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
-from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway.charging import ACCOUNTING, charge
 from runtime.gateway.calls import CallMeter
 from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
@@ -92,27 +92,16 @@ class Generation:
     async def respond(self, prompts: list[Prompt], max_tokens: int | None, param: str) -> web.StreamResponse:
         limits = [check_context(self.pool, len(p.tokens), max_tokens, param) for p in prompts]
         self.prompt_tokens = sum(len(p.tokens) for p in prompts)
-        # TPM reserves the prompt plus everything the call may generate.
-        acct = self.request.app[ACCOUNTING]
-        # The admission row is written while the worker reads the prompt; nothing of the
-        # response leaves before it is on disk (``_events`` confirms it first).
-        grant = await acct.admit(self.meter, self.prompt_tokens + self.req.n * sum(limits),
-                                 self.prompt_tokens, wait=False)
-        self.headers = grant.headers() if grant else {}
-        try:
+        # TPM reserves the prompt plus everything the call may generate. The admission row
+        # is written while the worker reads the prompt; nothing of the response leaves
+        # before it is on disk (``_events`` confirms it first).
+        async with charge(self.request.app[ACCOUNTING], self.meter,
+                          self.prompt_tokens + self.req.n * sum(limits), self.prompt_tokens, wait=False,
+                          counted=lambda: (self.prompt_tokens, self.completion_tokens + self.partial)) as spent:
+            self.headers = spent.headers
             if self.req.stream:
                 return await self._stream(prompts, limits)
             return await self._whole(prompts, limits)
-        except LlmfnError as err:
-            await self.meter.finish(CallStatus.ERROR, self.prompt_tokens,
-                                    self.completion_tokens + self.partial, error=err.code)
-            raise
-        except BaseException:
-            # Client went away (cancelled) or a bug: still count what was generated.
-            self.meter.done(CallStatus.CANCELLED, self.prompt_tokens, self.completion_tokens + self.partial)
-            raise
-        finally:
-            await acct.settle(grant, self.prompt_tokens + self.completion_tokens + self.partial)
 
     # ---- running choices -------------------------------------------------------
 

@@ -105,9 +105,11 @@ class _PoolCollector:
         yield from (queue, workers, in_flight, processing, deferred, kv)
 
 
-def metrics_handler(metrics: Metrics):
-    async def handle(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(metrics.registry))
-        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return resp
-    return handle
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    resp = web.Response(body=generate_latest(request.app[METRICS].registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp

@@ -24,7 +24,6 @@ class Operation:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     query: tuple[str, ...] = ()  # query parameters (strings)
-    stream: type[BaseModel] | None = None  # the chunk of the text/event-stream answer, if any
 
 
 Operations = dict[tuple[str, str], Operation]  # (method, OpenAPI path) -> operation
@@ -70,17 +69,15 @@ def _operation(method: str, path: str, handler: Any, ref, operations: Operations
         op["parameters"] = params
     if info.request is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(info.request)}}}
-    content: dict[str, Any] = {"application/json": {"schema": ref(info.response)} if info.response else {}}
-    if info.stream is not None:
-        content["text/event-stream"] = {"schema": ref(info.stream)}
-    op["responses"]["200"] = {"description": "OK", "content": content}
+    op["responses"]["200"] = {"description": "OK", "content": {
+        "application/json": {"schema": ref(info.response)} if info.response else {}}}
     return op
 
 
 def openapi_document(router: web.UrlDispatcher, operations: Operations) -> dict[str, Any]:
     served = routes(router)
     models = {m for method, path, _ in served for op in [operations.get((method, path))] if op
-              for m in (op.request, op.response, op.stream) if m}
+              for m in (op.request, op.response) if m}
     models.add(s.ErrorResponse)
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
                                  ref_template="#/components/schemas/{model}")

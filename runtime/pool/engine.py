@@ -26,23 +26,9 @@ import numpy as np
 
 import llama_cpp as ll
 
+from runtime.pool.sampling import Sampling
+
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
-
-
-@dataclass
-class Sampling:
-    """One choice's sampler settings; greedy at temperature 0."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None
-    ignore_eos: bool = False
 
 
 @dataclass

@@ -154,6 +154,12 @@ class Generation:
         return s.Usage.of(self.prompt_tokens, self.completion_tokens + (self.partial if running else 0),
                           self.cached_tokens)
 
+    async def _succeeded(self) -> s.Usage:
+        """End the call as a success (in the ledger before the response ends); its usage."""
+        usage = self._usage()
+        await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        return usage
+
     # ---- whole responses -------------------------------------------------------
 
     async def _whole(self, prompts: list[Prompt], limits: list[int]) -> web.Response:
@@ -170,8 +176,7 @@ class Generation:
                 elif isinstance(ev, ChoiceDone):
                     c.finish, c.tokens = ev.finish_reason, ev.completion_tokens
         choices = [self._choice(states[i]) for i in sorted(states)]
-        usage = self._usage()
-        await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        usage = await self._succeeded()
         cls = s.ChatCompletion if self.chat else s.Completion
         body = cls(id=self.id, created=self.created, model=self.req.model, choices=choices, usage=usage)
         return web.json_response(text=body.model_dump_json(exclude_none=True),
@@ -226,8 +231,7 @@ class Generation:
                             await out.send_raw(chunk)
                         else:  # a choice's end: leaves with what follows it
                             out.hold_raw(chunk)
-            usage = self._usage()
-            await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+            usage = await self._succeeded()
         except LlmfnError as err:
             if not out.started:
                 raise

@@ -240,8 +240,8 @@ class Engine:
     """Continuous batching over one context. ``submit`` and ``cancel`` are
     thread-safe; everything else runs on the scheduler thread."""
 
-    def __init__(self, model: Model, events: Events, *, slots: int, n_ctx: int, n_batch: int = 512,
-                 n_threads: int | None = None, kv_unified: bool = True):
+    def __init__(self, model: Model, events: Events, *, slots: int, n_ctx: int, n_batch: int,
+                 n_threads: int | None, kv_unified: bool):  # the pool's settings (``PoolConfig``)
         self.model, self.events = model, events
         self.slots = slots
         params = ll.llama_context_default_params()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.accounting.keys import check_key_name
+from runtime.pool.pool import PoolState, SpareState
 from runtime.pool.sampling import DEFAULT as SAMPLING
 from runtime.pool.sampling import PAYLOAD_FIELDS
 
@@ -391,11 +392,11 @@ class RerankResponse(BaseModel):
 
 
 class PoolStatus(BaseModel):
-    state: Literal["cold", "starting", "warm", "draining"]
+    state: PoolState
     workers: dict[str, int]
     queued: int
     in_flight: int
-    spare: Literal["ready", "starting"] | None = None  # an interpreter waiting to take the next cold start
+    spare: SpareState | None = None  # an interpreter waiting to take the next cold start
     last_cold_start: dict[str, Any] | None = None
 
 

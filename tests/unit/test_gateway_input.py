@@ -155,3 +155,20 @@ async def test_lone_utf16_surrogates_become_replacement_characters(client):
     raw = b'{"model": "m\\ud800", "messages": ["\\uD83D\\uDE00", "x\\udfffy"]}'
     body = await (await client.post("/", data=raw)).json()
     assert body["model"] == "m\ufffd" and body["messages"] == ["\U0001F600", "x\ufffdy"]
+
+
+def test_metrics_label_a_call_by_its_outcome_as_before(tmp_path):
+    from prometheus_client import generate_latest
+
+    from runtime.accounting.status import CallStatus
+    from runtime.gateway.auth import ANONYMOUS
+    from runtime.gateway.calls import CallRecord
+    from runtime.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    for status, error in ((CallStatus.SUCCESS, None), (CallStatus.ERROR, "context_length_exceeded"),
+                          (CallStatus.CANCELLED, None)):
+        metrics.observe_call(CallRecord(0.0, ANONYMOUS, "m", "chat", status, 3, 1, 0, 0.1, None, error=error))
+    text = generate_latest(metrics.registry).decode()
+    for label in ("success", "error:context_length_exceeded", "cancelled"):
+        assert f'status="{label}"' in text, label

@@ -3,7 +3,8 @@
 ledger stores that (``LedgerStatus`` and an error type).
 
 String enums: their values are what the ledger's rows, the usage reports and
-the metrics' labels have always carried, so JSON and SQLite stay unchanged.
+the metrics' labels have always carried, so JSON and SQLite stay unchanged
+(and a plain string of the same value compares equal).
 """
 from __future__ import annotations
 
@@ -49,15 +50,15 @@ INTERRUPTED = "interrupted"  # the error type of a call whose gateway died under
 def call_label(status: CallStatus, error: str | None) -> str:
     """``success``, ``cancelled``, ``error:<code>``: the one spelling of an outcome
     for metrics' labels."""
-    return f"error:{error}" if status is CallStatus.ERROR else str(status)
+    return f"error:{error}" if status == CallStatus.ERROR else str(status)
 
 
 def ledger_outcome(status: CallStatus, error: str | None) -> tuple[LedgerStatus, str | None]:
     """A call's outcome as the ledger stores it: (status, error type)."""
-    if status is CallStatus.SUCCESS:
+    if status == CallStatus.SUCCESS:
         return LedgerStatus.SUCCESS, None
-    if status is CallStatus.RUNNING:
+    if status == CallStatus.RUNNING:
         return LedgerStatus.RUNNING, None
-    if status is CallStatus.CANCELLED:
+    if status == CallStatus.CANCELLED:
         return LedgerStatus.FAILURE, CANCELLED
     return LedgerStatus.FAILURE, error or "unknown"

@@ -39,7 +39,7 @@ class CallRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status is CallStatus.SUCCESS
+        return self.status == CallStatus.SUCCESS
 
 
 Sink = Callable[[CallRecord], None]
@@ -160,7 +160,7 @@ class CallMeter:
         try:
             await committed(self._written)
         except LlmfnError:
-            if status is CallStatus.SUCCESS:
+            if status == CallStatus.SUCCESS:
                 raise
             log.warning("the ledger could not record the end of call %s (%s)", self.request_id, status)
 

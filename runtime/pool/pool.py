@@ -293,7 +293,7 @@ class ModelPool:
                 "pids": [w.pid for w in self.workers if w.pid],
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
                 "kv_cache_usage_ratio": self.kv_cache_usage(),
-                "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state is WorkerState.WARM],
+                "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == WorkerState.WARM],
                 "spare": self.launcher.state(self._spare_spec()),
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
 
@@ -301,7 +301,7 @@ class ModelPool:
         return engine_spec(self._model_path, self.config.pool) if self._model_path else None
 
     def kv_cache_usage(self) -> float:
-        warm = [w for w in self.workers if w.state is WorkerState.WARM]
+        warm = [w for w in self.workers if w.state == WorkerState.WARM]
         if not warm:
             return 0.0
         return round(sum(w.stats.get("kv_cache_usage_ratio", 0.0) for w in warm) / len(warm), 4)
@@ -364,7 +364,7 @@ class ModelPool:
         if self.queued >= self.config.pool.queue_limit:
             raise Overloaded(f"model '{self.name}': {self.queued} requests already waiting "
                              f"(queue_limit {self.config.pool.queue_limit})", retry_after=2)
-        cold = not any(w.state is WorkerState.WARM for w in self.workers)
+        cold = not any(w.state == WorkerState.WARM for w in self.workers)
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         fut.n = n  # type: ignore[attr-defined]
         self._waiters.append(fut)
@@ -392,7 +392,7 @@ class ModelPool:
 
     def _free_worker(self, n: int = 1) -> Worker | None:
         warm = [w for w in self.workers
-                if w.state is WorkerState.WARM and w.in_flight + n <= self.config.pool.slots]
+                if w.state == WorkerState.WARM and w.in_flight + n <= self.config.pool.slots]
         return min(warm, key=lambda w: w.in_flight) if warm else None
 
     def _release(self, worker: Worker, n: int = 1) -> None:
@@ -524,7 +524,7 @@ class ModelPool:
         code = await worker.proc.wait()
         if worker.client is not None:
             await worker.client.close()
-        if worker.state is not WorkerState.DRAINING:
+        if worker.state != WorkerState.DRAINING:
             log.warning("model %s: worker pid %s exited unexpectedly (code %s)",
                         self.name, worker.pid, code)
             if worker in self.workers:
@@ -564,9 +564,9 @@ class ModelPool:
             await asyncio.sleep(period)
             await self.refresh_stats()
             now = time.monotonic()
-            warm = [w for w in self.workers if w.state is WorkerState.WARM]
+            warm = [w for w in self.workers if w.state == WorkerState.WARM]
             for w in sorted(warm, key=lambda w: w.last_used):
-                if len([x for x in self.workers if x.state is WorkerState.WARM]) <= p.min_workers:
+                if len([x for x in self.workers if x.state == WorkerState.WARM]) <= p.min_workers:
                     break
                 if w.in_flight == 0 and now - w.last_used >= p.idle_timeout:
                     log.info("model %s: worker pid %s idle for %.0fs, stopping",
@@ -575,7 +575,7 @@ class ModelPool:
 
     async def refresh_stats(self) -> None:
         """Each warm worker's engine figures (KV cache use), for ``/metrics``."""
-        for w in [w for w in self.workers if w.state is WorkerState.WARM and w.client and not w.client.closed]:
+        for w in [w for w in self.workers if w.state == WorkerState.WARM and w.client and not w.client.closed]:
             try:
                 w.stats = await asyncio.wait_for(w.client.call(Kind.STATS), 1.0)
             except (asyncio.TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):

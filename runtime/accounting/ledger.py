@@ -35,17 +35,39 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Protocol, Sequence
 
+from runtime.accounting.status import INTERRUPTED, CallerKind, CallStatus, LedgerStatus, ServiceType, ledger_outcome
 from runtime.errors import LedgerUnavailable
 
-if TYPE_CHECKING:  # accounting sits below the gateway; it only reads the record's shape
-    from runtime.gateway.calls import CallRecord
+
+class Caller(Protocol):
+    kind: CallerKind
+    name: str
+    invocation_id: str | None
+
+
+class CallRecord(Protocol):
+    """What the ledger reads of a call (the gateway's ``CallRecord``): accounting
+    sits below the gateway and only knows the record's shape."""
+    at: float
+    principal: Caller
+    model: str
+    endpoint: str
+    status: CallStatus
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    request_id: str
+    call_id: str
+    reserved: int
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"  # admitted, not ended: the status of a call in flight
-INTERRUPTED = "interrupted"  # the error type of a call whose gateway died under it
+RUNNING = LedgerStatus.RUNNING  # admitted, not ended: the status of a call in flight
 SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (no version) is the first ledger format
 
 SCHEMA = (
@@ -82,15 +104,15 @@ class LedgerRow:
     """One LLM call. A plain dataclass, not pydantic: it is built on the event
     loop for every call, and every field comes from the gateway's own meter."""
     ts: float  # call start, seconds since the epoch
-    service_type: str  # "function" | "key"
+    service_type: ServiceType
     resource: str  # function name or key name; "anonymous" for callers without a key
     invocation_id: str | None
     model: str
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    status: str  # "success" | "failure" | "running" (admitted, not ended)
-    error_type: str | None  # "context_length_exceeded", "cancelled", "interrupted", ...; None on success
+    status: LedgerStatus
+    error_type: str | None  # an error code, CANCELLED or INTERRUPTED; None unless a failure
     latency_ms: float
     ttft_ms: float | None
     request_id: str = ""
@@ -99,12 +121,12 @@ class LedgerRow:
     reserved_tokens: int = 0  # what the call reserved at admission (prompt + max tokens)
 
     @classmethod
-    def from_call(cls, record: "CallRecord") -> "LedgerRow":
-        status, error_type = _outcome(record.status)
-        service_type = "function" if record.principal.kind == "function" else "key"
+    def from_call(cls, record: CallRecord) -> "LedgerRow":
+        status, error_type = ledger_outcome(record.status, record.error)
+        service_type = record.principal.kind.service_type
         return cls(
             ts=record.at, service_type=service_type, resource=record.principal.name,
-            invocation_id=record.principal.invocation_id if service_type == "function" else None,
+            invocation_id=record.principal.invocation_id if service_type is ServiceType.FUNCTION else None,
             model=record.model,
             # a cancelled stream keeps what was generated: those tokens were spent
             prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
@@ -136,15 +158,6 @@ BUDGET_TOKENS = (f"CASE WHEN status = '{RUNNING}' OR error_type = '{INTERRUPTED}
 # a failed write that is the row's fault, not the file's: the other rows of its batch still go in
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                sqlite3.DataError)
-
-
-def _outcome(call_status: str) -> tuple[str, str | None]:
-    """``CallRecord.status`` -> (status, error_type)."""
-    if call_status in ("success", RUNNING):
-        return call_status, None
-    if call_status.startswith("error:"):
-        return "failure", call_status.removeprefix("error:") or "unknown"
-    return "failure", call_status  # "cancelled", or whatever new outcome the meter reports
 
 
 @dataclass(slots=True)
@@ -392,7 +405,7 @@ class Ledger:
 
     def _interrupt(self, owner: str | None) -> int:
         cur = self._writer.execute(
-            f"UPDATE calls SET status = 'failure', error_type = '{INTERRUPTED}'"
+            f"UPDATE calls SET status = '{LedgerStatus.FAILURE}', error_type = '{INTERRUPTED}'"
             f" WHERE owner IS ? AND status = '{RUNNING}'", (owner,))
         return cur.rowcount
 

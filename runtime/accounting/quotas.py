@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Protocol
 
+from runtime.accounting.status import ServiceType
 from runtime.errors import QuotaExhausted, RateLimited
 
 WINDOW_S = 60.0
@@ -270,7 +271,7 @@ class QuotaPolicy:
         grant.decision = d = await self.counters.reserve(subject, limits, tokens, grant.id)
         if d.admitted:
             return grant
-        who = f"{'function' if kind == 'function' else 'key'} '{resource}'"
+        who = f"{ServiceType(kind)} '{resource}'"
         headers = rate_headers(limits, d)
         if d.reason in ("daily", "monthly"):
             cap = limits.daily_tokens if d.reason == "daily" else limits.monthly_tokens

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.app.functions import FunctionSpec
-from runtime.functions.instance import FunctionInstance
-from runtime.functions.invocation import Invocation, Outcome
+from runtime.functions.instance import FunctionInstance, InstanceState
+from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
 from runtime.gateway.auth import InvocationTokens, InvocationUsage
 
 log = logging.getLogger("llmfn.functions")
@@ -57,7 +57,7 @@ class Result:
 
     @property
     def is_error(self) -> bool:
-        return self.outcome.kind == "error"
+        return self.outcome.kind == OutcomeKind.ERROR
 
 
 def stderr_log(function: str, line: str) -> None:
@@ -80,8 +80,8 @@ class FunctionPool:
         await self._slots.acquire()
         while not self._idle.empty():
             inst = self._idle.get_nowait()
-            if inst.state == "idle" and inst.version == self.version:
-                inst.state = "busy"
+            if inst.state == InstanceState.IDLE and inst.version == self.version:
+                inst.state = InstanceState.BUSY
                 return inst
         return await self._start()
 
@@ -90,13 +90,13 @@ class FunctionPool:
         instances of other versions stop as soon as they are idle."""
         self.spec, self.version = spec, version
         for inst in list(self.instances):
-            if inst.state == "idle" and inst.version != version:
+            if inst.state == InstanceState.IDLE and inst.version != version:
                 asyncio.create_task(self.retire(inst))
 
     def release(self, inst: FunctionInstance, healthy: bool) -> None:
         self._slots.release()
-        if healthy and inst.state == "busy" and inst.version == self.version:
-            inst.state, inst.last_used = "idle", time.monotonic()
+        if healthy and inst.state == InstanceState.BUSY and inst.version == self.version:
+            inst.state, inst.last_used = InstanceState.IDLE, time.monotonic()
             self._idle.put_nowait(inst)
         else:
             asyncio.create_task(self.retire(inst, kill=True))
@@ -113,13 +113,13 @@ class FunctionPool:
             self._slots.release()
             await self.retire(inst)
             raise
-        inst.state = "busy"
+        inst.state = InstanceState.BUSY
         asyncio.create_task(self._watch(inst))
         return inst
 
     async def _watch(self, inst: FunctionInstance) -> None:
         code = await inst.wait_exit()
-        if inst.state != "stopped":
+        if inst.state != InstanceState.STOPPED:
             log.info("function %s: instance %s exited (code %s)", self.spec.name, inst.pid, code)
         inv = inst.current
         if inv is None and not inst.pending.empty():
@@ -133,7 +133,7 @@ class FunctionPool:
                                               f"with error: exit status {code}")
         if not inst.ready.done():
             inst.ready.set_result(None)
-        inst.state = "stopped"
+        inst.state = InstanceState.STOPPED
         self._forget(inst)
 
     async def retire(self, inst: FunctionInstance, kill: bool = False) -> None:
@@ -148,7 +148,7 @@ class FunctionPool:
     async def reap_idle(self) -> None:
         now = time.monotonic()
         for inst in list(self.instances):
-            if inst.state == "idle" and now - inst.last_used >= self.spec.llm.idle_timeout:
+            if inst.state == InstanceState.IDLE and now - inst.last_used >= self.spec.llm.idle_timeout:
                 log.info("function %s: instance %s idle, stopping", self.spec.name, inst.pid)
                 await self.retire(inst)
 
@@ -230,7 +230,7 @@ class Dispatcher:
             inv.fail("Sandbox.Timedout", f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.request_id} "
                                          f"Task timed out after {pool.spec.timeout:.2f} seconds")
         duration = (time.monotonic() - inv.started) * 1000
-        healthy = inv.failure is None and inst.init_error is None and inst.state == "busy"
+        healthy = inv.failure is None and inst.init_error is None and inst.state == InstanceState.BUSY
         if inst.current is None and not inst.pending.empty():
             inst.pending.get_nowait()  # never picked up (init failed or timed out)
         inst.current = None

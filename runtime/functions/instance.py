@@ -10,12 +10,21 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
 
 from runtime import bundled
 from runtime.app.functions import FunctionSpec
 from runtime.app.pseudo import LOCAL_REGION
 from runtime.functions.invocation import Invocation
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"  # the process is importing the handler
+    IDLE = "idle"  # warm, waiting for an invocation
+    BUSY = "busy"  # running one invocation
+    STOPPED = "stopped"
+
 
 # After the function's own code and layers: the LLM layer (``context.llm``), then
 # whatever the interpreter needs to import ``runtime.functions.bootstrap`` itself.
@@ -49,7 +58,7 @@ class FunctionInstance:
         self.pending: asyncio.Queue[Invocation] = asyncio.Queue()
         self.current: Invocation | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self.state = "starting"  # starting | idle | busy | stopped
+        self.state = InstanceState.STARTING
         self.spawned_at = 0.0
         self.init_duration_ms: float | None = None  # set on the first poll
         self.init_error: dict | None = None
@@ -124,7 +133,7 @@ class FunctionInstance:
         return code
 
     async def stop(self, kill: bool = False) -> None:
-        self.state = "stopped"
+        self.state = InstanceState.STOPPED
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return

@@ -7,13 +7,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class OutcomeKind(StrEnum):
+    RESPONSE = "response"  # a whole body
+    STREAM = "stream"  # chunks as the handler writes them
+    ERROR = "error"  # the handler raised or the instance failed
 
 
 @dataclass
 class Outcome:
     """How the instance answered: a whole body, a stream, or an error."""
-    kind: str  # "response" | "stream" | "error"
+    kind: OutcomeKind
     body: bytes = b""
     content_type: str = "application/json"
     chunks: asyncio.Queue | None = None  # stream: bytes ..., then None
@@ -69,7 +76,7 @@ class Invocation:
         """The runtime's own failure (timeout, crash): an error outcome, and done."""
         self.failure = {"errorMessage": message, "errorType": error_type}
         if not self.outcome.done():
-            self.outcome.set_result(Outcome("error", json.dumps(self.failure).encode()))
+            self.outcome.set_result(Outcome(OutcomeKind.ERROR, json.dumps(self.failure).encode()))
         elif self.outcome.result().chunks is not None:
             self.outcome.result().chunks.put_nowait(None)  # end a stream cut short
         self.finish()

@@ -16,7 +16,7 @@ from typing import Protocol
 from aiohttp import web
 
 from runtime.app.pseudo import function_arn
-from runtime.functions.invocation import Invocation, Outcome
+from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
 
 PREFIX = "/i/{iid}/2018-06-01/runtime"
 
@@ -76,21 +76,21 @@ async def post_response(request: web.Request) -> web.Response:
     content_type = request.headers.get("Content-Type", "application/json")
     if request.headers.get("Lambda-Runtime-Function-Response-Mode", "").lower() == "streaming":
         chunks: asyncio.Queue = asyncio.Queue()
-        inv.answer(Outcome("stream", content_type=content_type, chunks=chunks))
+        inv.answer(Outcome(OutcomeKind.STREAM, content_type=content_type, chunks=chunks))
         try:
             async for chunk in request.content.iter_any():
                 chunks.put_nowait(chunk)
         finally:
             chunks.put_nowait(None)
     else:
-        inv.answer(Outcome("response", await request.read(), content_type))
+        inv.answer(Outcome(OutcomeKind.RESPONSE, await request.read(), content_type))
     inv.finish()
     return web.json_response({"status": "OK"}, status=202)
 
 
 async def post_error(request: web.Request) -> web.Response:
     _, inv = _invocation(request)
-    inv.answer(Outcome("error", await request.read()))
+    inv.answer(Outcome(OutcomeKind.ERROR, await request.read()))
     inv.finish()
     return web.json_response({"status": "OK"}, status=202)
 

@@ -1,4 +1,5 @@
-"""The gateway application: routes, middlewares and the pools' lifecycle."""
+"""The gateway application: its parts (pools, auth, accounting, metrics),
+middlewares and lifecycle. Its routes are the table in ``runtime.gateway.routes``."""
 from __future__ import annotations
 
 import asyncio
@@ -12,19 +13,15 @@ from runtime.app.models import ModelConfig
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy, RedisCounters
-from runtime.gateway import accounting, embeddings, generation
-from runtime.gateway.accounting import ACCOUNTING, Accounting, QuotaBook
-from runtime.gateway import schemas as s
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
+from runtime.gateway.charging import ACCOUNTING, Accounting, QuotaBook
 from runtime.gateway.errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
-from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics, metrics_handler
-from runtime.gateway.openapi import openapi_handler
-from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS
-from runtime.errors import LlmfnError, NotFound
+from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics
+from runtime.gateway.routes import LLM_ENDPOINTS, add_routes
+from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS, STARTED
+from runtime.errors import LlmfnError
 from runtime.pool import ModelStore, Pools
-
-STARTED = web.AppKey("started", float)
 
 
 @dataclass
@@ -39,69 +36,6 @@ class GatewayConfig:
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
     function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
     limits: InputLimits = field(default_factory=InputLimits)
-
-
-def _card(pool, created: int) -> s.ModelCard:
-    st = pool.status()
-    return s.ModelCard(id=pool.name, created=created, context_length=pool.config.pool.n_ctx,
-                       source=_public_source(pool.config.source),
-                       pool=s.PoolStatus(state=st["state"], workers=st["workers"], queued=st["queued"],
-                                         in_flight=st["in_flight"], spare=st["spare"],
-                                         last_cold_start=st["last_cold_start"]))
-
-
-def _public_source(source: str) -> str:
-    # s3:// URLs carry no credentials; strip any query string (presigned-like) all the same.
-    return source.split("?", 1)[0]
-
-
-async def list_models(request: web.Request) -> web.Response:
-    created = int(request.app[STARTED])
-    body = s.ModelList(data=[_card(p, created) for p in request.app[POOLS]])
-    return web.json_response(text=body.model_dump_json())
-
-
-async def get_model(request: web.Request) -> web.Response:
-    pool = request.app[POOLS].get(request.match_info["model"])
-    return web.json_response(text=_card(pool, int(request.app[STARTED])).model_dump_json())
-
-
-async def admin_pools(request: web.Request) -> web.Response:
-    for pool in request.app[POOLS]:
-        await pool.refresh_stats()
-    return web.json_response({p.name: {**p.status(), "config": p.config.pool.model_dump()}
-                              for p in request.app[POOLS]})
-
-
-async def invocation_usage(request: web.Request) -> web.Response:
-    """What the calling invocation has used so far (``context.llm_usage``)."""
-    principal = principal_of(request)
-    if principal.invocation_id is None:
-        raise NotFound("This route answers invocation tokens only")
-    return web.json_response(request.app[INVOCATIONS].usage(principal.invocation_id).as_dict())
-
-
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "models": {p.name: p.state for p in request.app[POOLS]}})
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/v1/models", list_models)
-    r.add_get("/v1/models/{model:.+}", get_model)
-    r.add_post("/v1/chat/completions", generation.chat_completions)
-    r.add_post("/v1/completions", generation.completions)
-    r.add_post("/v1/embeddings", embeddings.embeddings)
-    for path in ("/score", "/v1/score"):
-        r.add_post(path, embeddings.score)
-    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
-        r.add_post(path, embeddings.rerank)
-    r.add_get("/health", health)
-    r.add_get("/openapi.json", openapi_handler(r))
-    r.add_get("/admin/pools", admin_pools)
-    r.add_get("/v1/invocation/usage", invocation_usage)
-    r.add_get("/metrics", metrics_handler(app[METRICS]))
-    accounting.add_routes(app)
 
 
 async def _refresh_keys(keys: KeyStore) -> None:
@@ -123,7 +57,7 @@ async def failed_calls_middleware(request: web.Request, handler):
         if endpoint is not None:
             meter = request.get(METER) or request.app[CALLS].meter(
                 _model_label(request), endpoint, principal_of(request), request.get(REQUEST_ID, ""))
-            meter.done(f"error:{err.code}")
+            meter.failed(err)
         raise
 
 
@@ -136,16 +70,11 @@ def _model_label(request: web.Request) -> str:
     return name if name in pools.by_name else UNKNOWN_MODEL
 
 
-LLM_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-                 "/v1/embeddings": "embeddings", "/score": "score", "/v1/score": "score",
-                 "/rerank": "rerank", "/v1/rerank": "rerank", "/v2/rerank": "rerank"}
-
-
 def _tally(invocations: InvocationTokens):
     def sink(call: CallRecord) -> None:
         if call.principal.invocation_id is not None:
-            error = call.status.removeprefix("error:") if call.status.startswith("error:") else None
-            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens, error)
+            invocations.record(call.principal.invocation_id, call.prompt_tokens, call.completion_tokens,
+                               call.error)
     return sink
 
 

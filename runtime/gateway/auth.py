@@ -22,7 +22,8 @@ from cachetools import TTLCache
 from runtime.errors import AuthenticationFailed, PermissionDenied
 
 from runtime.accounting.keys import KeyStore
-from runtime.accounting.page import PUBLIC_PATHS as PAGE_PATHS
+from runtime.accounting.status import CallerKind, ServiceType
+from runtime.gateway.usage_page import PUBLIC_PATHS as PAGE_PATHS
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS
 ADMIN_PREFIX = "/admin/"  # every route under it is the control plane
@@ -31,20 +32,28 @@ TOKEN_PREFIX = "llmfn-inv-"
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "anonymous" | "key" | "function" | "admin"
+    kind: CallerKind
     name: str
     invocation_id: str | None = None
     models: frozenset[str] | None = None  # None: every model
     reads_all_usage: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", CallerKind(self.kind))  # a plain string is accepted
+
+    @property
+    def subject(self) -> tuple[ServiceType, str]:
+        """(service type, resource): the caller as the ledger and the quotas name it."""
+        return self.kind.service_type, self.name
+
     def authorize(self, model: str) -> None:
         if self.models is not None and model not in self.models:
-            what = f"function '{self.name}'" if self.kind == "function" else f"key '{self.name}'"
+            what = f"{self.kind.service_type} '{self.name}'"
             raise PermissionDenied(f"The {what} is not allowed to use the model '{model}'",
                                    param="model")
 
 
-ANONYMOUS = Principal("anonymous", "anonymous")
+ANONYMOUS = Principal(CallerKind.ANONYMOUS, "anonymous")
 
 
 def _digest(secret: str) -> bytes:
@@ -65,7 +74,7 @@ class StaticKeys:
         digest = _digest(secret)
         for h, name in self._hashes:
             if hmac.compare_digest(h, digest):
-                return Principal("key", name)
+                return Principal(CallerKind.KEY, name)
         return None
 
 
@@ -92,7 +101,7 @@ class InvocationTokens:
     def issue(self, function: str, invocation_id: str, models: list[str] | None,
               reads_all_usage: bool = False) -> str:
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
-        self._live[_digest(token)] = Principal("function", function, invocation_id,
+        self._live[_digest(token)] = Principal(CallerKind.FUNCTION, function, invocation_id,
                                                frozenset(models) if models is not None else None,
                                                reads_all_usage)
         return token
@@ -166,11 +175,11 @@ class Authenticator:
         if token.startswith(TOKEN_PREFIX):
             return self.invocations.lookup(token)
         if self._admin is not None and hmac.compare_digest(self._admin, _digest(token)):
-            return Principal("admin", "admin", reads_all_usage=True)
+            return Principal(CallerKind.ADMIN, "admin", reads_all_usage=True)
         if self.store is not None:
             record = self.store.lookup(token)
             if record is not None:
-                return Principal("key", record.name, models=frozenset(record.models)
+                return Principal(CallerKind.KEY, record.name, models=frozenset(record.models)
                                  if record.models is not None else None)
             if self.store.is_revoked(token):
                 raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
@@ -179,9 +188,9 @@ class Authenticator:
     def authenticate_admin(self, token: str) -> Principal:
         """The control plane: the admin key, whether or not keys are required."""
         principal = self.authenticate_token(token)
-        if principal.kind == "admin":
+        if principal.kind is CallerKind.ADMIN:
             return principal
-        if principal.kind != "anonymous":
+        if principal.kind is not CallerKind.ANONYMOUS:
             raise PermissionDenied("This action needs the admin key.", code="admin_key_required")
         if not token:
             raise AuthenticationFailed("This action needs the admin key. Provide it in the Authorization "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from runtime.accounting.ledger import committed
+from runtime.accounting.status import CallStatus
 from runtime.errors import LlmfnError
 from runtime.gateway.auth import Principal
 
@@ -25,7 +26,7 @@ class CallRecord:
     principal: Principal
     model: str
     endpoint: str
-    status: str  # "success" | "error:<code>" | "cancelled" | "running" (admitted, in flight)
+    status: CallStatus
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -34,10 +35,11 @@ class CallRecord:
     request_id: str = ""
     call_id: str = ""
     reserved: int = 0  # tokens reserved at admission
+    error: str | None = None  # the error's code when ``status`` is ERROR
 
     @property
     def ok(self) -> bool:
-        return self.status == "success"
+        return self.status == CallStatus.SUCCESS
 
 
 Sink = Callable[[CallRecord], None]
@@ -79,10 +81,11 @@ class CallMeter:
         self._prompt = 0
         self._progress_at = 0.0
 
-    def record(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> CallRecord:
+    def record(self, status: CallStatus, prompt: int = 0, completion: int = 0, cached: int = 0,
+               error: str | None = None) -> CallRecord:
         return CallRecord(self.at, self.principal, self.model, self.endpoint, status, prompt,
                           completion, cached, time.monotonic() - self.started, self.ttft,
-                          self.request_id, self.call_id, self.reserved)
+                          self.request_id, self.call_id, self.reserved, error)
 
     async def admit(self, reserved: int, prompt: int = 0) -> None:
         """Record the call as admitted and wait for the commit: only then may it
@@ -96,7 +99,7 @@ class CallMeter:
         journal = self.calls.journal
         self.admitted = True  # queued: from now on the call's end updates that row
         if journal is not None:
-            self._admission = journal.admit(self.record("running", prompt))
+            self._admission = journal.admit(self.record(CallStatus.RUNNING, prompt))
 
     async def confirm(self) -> None:
         """Wait until the admission row is on disk (at once when it already is).
@@ -107,7 +110,7 @@ class CallMeter:
         try:
             await committed(written)
         except asyncio.CancelledError:
-            self.done("cancelled", self._prompt)  # the client left while its row was written
+            self.done(CallStatus.CANCELLED, self._prompt)  # the client left while its row was written
             raise
 
     def first_token(self) -> None:
@@ -124,13 +127,14 @@ class CallMeter:
         now = time.monotonic()
         if now - self._progress_at >= PROGRESS_INTERVAL_S:
             self._progress_at = now
-            journal.progress(self.record("running", prompt, completion, cached))
+            journal.progress(self.record(CallStatus.RUNNING, prompt, completion, cached))
 
-    def done(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
+    def done(self, status: CallStatus, prompt: int = 0, completion: int = 0, cached: int = 0,
+             error: str | None = None) -> None:
         if self.recorded:
             return
         self.recorded = True
-        record = self.record(status, prompt, completion, cached)
+        record = self.record(status, prompt, completion, cached, error)
         if self.calls.journal is not None:
             self._written = self.calls.journal.end(record, self.admitted)
         try:  # after the response is on its way: the sinks are not the caller's wait
@@ -138,20 +142,25 @@ class CallMeter:
         except RuntimeError:  # no loop (a synchronous caller)
             self._record(record)
 
-    async def finish(self, status: str, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
+    def failed(self, err: LlmfnError, prompt: int = 0, completion: int = 0) -> None:
+        """``done`` with the error's code."""
+        self.done(CallStatus.ERROR, prompt, completion, error=err.code)
+
+    async def finish(self, status: CallStatus, prompt: int = 0, completion: int = 0, cached: int = 0,
+                     error: str | None = None) -> None:
         """``done``, then wait until the ledger holds the outcome, so that the end
         of the response never reaches the client before it. A success that cannot
         be recorded raises ``LedgerUnavailable``; an error goes out regardless
         (its row stays running and is marked interrupted at the next start)."""
         if self.recorded:
             return
-        self.done(status, prompt, completion, cached)
+        self.done(status, prompt, completion, cached, error)
         if self._written is None:
             return
         try:
             await committed(self._written)
         except LlmfnError:
-            if status == "success":
+            if status == CallStatus.SUCCESS:
                 raise
             log.warning("the ledger could not record the end of call %s (%s)", self.request_id, status)
 

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
+from runtime.accounting.status import CallStatus
+from runtime.errors import ContextLengthExceeded, InvalidRequest
 from runtime.gateway import schemas as s
-from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway.charging import ACCOUNTING, charge
 from runtime.gateway.errors import BODY_BYTES, parse_body
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool.embedding import (
@@ -52,23 +53,15 @@ def _check_length(i: int, n: int, limit: int, param: str) -> None:
 
 async def _metered(request: web.Request, pool, meter, estimate: int,
                    call: Callable[..., Awaitable[tuple[object, int]]]):
-    """Reserve ``estimate`` tokens, run ``call(lease)`` on a worker, settle to
+    """Charge ``estimate`` tokens, run ``call(lease)`` on a worker, settle to
     the tokens it reports."""
-    acct = request.app[ACCOUNTING]
-    grant = await acct.admit(meter, estimate, estimate)
-    request[RATE_HEADERS] = grant.headers() if grant else {}
-    try:
+    async with charge(request.app[ACCOUNTING], meter, estimate, estimate) as spent:
+        request[RATE_HEADERS] = spent.headers
         async with pool.lease() as lease:
             result, tokens = await call(lease)
-    except LlmfnError as err:
-        await meter.finish(f"error:{err.code}")
-        await acct.settle(grant, 0)
-        raise
-    meter.first_token()
-    try:
-        await meter.finish("success", tokens)
-    finally:
-        await acct.settle(grant, tokens)
+        meter.first_token()
+        spent.prompt = tokens
+        await meter.finish(CallStatus.SUCCESS, tokens)
     return result, tokens
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.accounting.status import CallStatus
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
-from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway.charging import ACCOUNTING, charge
 from runtime.gateway.calls import CallMeter
 from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
@@ -91,27 +92,16 @@ class Generation:
     async def respond(self, prompts: list[Prompt], max_tokens: int | None, param: str) -> web.StreamResponse:
         limits = [check_context(self.pool, len(p.tokens), max_tokens, param) for p in prompts]
         self.prompt_tokens = sum(len(p.tokens) for p in prompts)
-        # TPM reserves the prompt plus everything the call may generate.
-        acct = self.request.app[ACCOUNTING]
-        # The admission row is written while the worker reads the prompt; nothing of the
-        # response leaves before it is on disk (``_events`` confirms it first).
-        grant = await acct.admit(self.meter, self.prompt_tokens + self.req.n * sum(limits),
-                                 self.prompt_tokens, wait=False)
-        self.headers = grant.headers() if grant else {}
-        try:
+        # TPM reserves the prompt plus everything the call may generate. The admission row
+        # is written while the worker reads the prompt; nothing of the response leaves
+        # before it is on disk (``_events`` confirms it first).
+        async with charge(self.request.app[ACCOUNTING], self.meter,
+                          self.prompt_tokens + self.req.n * sum(limits), self.prompt_tokens, wait=False,
+                          counted=lambda: (self.prompt_tokens, self.completion_tokens + self.partial)) as spent:
+            self.headers = spent.headers
             if self.req.stream:
                 return await self._stream(prompts, limits)
             return await self._whole(prompts, limits)
-        except LlmfnError as err:
-            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
-                                    self.completion_tokens + self.partial)
-            raise
-        except BaseException:
-            # Client went away (cancelled) or a bug: still count what was generated.
-            self.meter.done("cancelled", self.prompt_tokens, self.completion_tokens + self.partial)
-            raise
-        finally:
-            await acct.settle(grant, self.prompt_tokens + self.completion_tokens + self.partial)
 
     # ---- running choices -------------------------------------------------------
 
@@ -164,6 +154,12 @@ class Generation:
         return s.Usage.of(self.prompt_tokens, self.completion_tokens + (self.partial if running else 0),
                           self.cached_tokens)
 
+    async def _succeeded(self) -> s.Usage:
+        """End the call as a success (in the ledger before the response ends); its usage."""
+        usage = self._usage()
+        await self.meter.finish(CallStatus.SUCCESS, usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        return usage
+
     # ---- whole responses -------------------------------------------------------
 
     async def _whole(self, prompts: list[Prompt], limits: list[int]) -> web.Response:
@@ -180,8 +176,7 @@ class Generation:
                 elif isinstance(ev, ChoiceDone):
                     c.finish, c.tokens = ev.finish_reason, ev.completion_tokens
         choices = [self._choice(states[i]) for i in sorted(states)]
-        usage = self._usage()
-        await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+        usage = await self._succeeded()
         cls = s.ChatCompletion if self.chat else s.Completion
         body = cls(id=self.id, created=self.created, model=self.req.model, choices=choices, usage=usage)
         return web.json_response(text=body.model_dump_json(exclude_none=True),
@@ -236,13 +231,12 @@ class Generation:
                             await out.send_raw(chunk)
                         else:  # a choice's end: leaves with what follows it
                             out.hold_raw(chunk)
-            usage = self._usage()
-            await self.meter.finish("success", usage.prompt_tokens, usage.completion_tokens, self.cached_tokens)
+            usage = await self._succeeded()
         except LlmfnError as err:
             if not out.started:
                 raise
-            await self.meter.finish(f"error:{err.code}", self.prompt_tokens,
-                                    self.completion_tokens + self.partial)
+            await self.meter.finish(CallStatus.ERROR, self.prompt_tokens,
+                                    self.completion_tokens + self.partial, error=err.code)
             return await out.fail(err.body())
         if opts.include_usage or opts.continuous_usage_stats:
             out.hold_raw(self._chunk_head + '],"usage":' + usage.model_dump_json(exclude_none=True) + "}")

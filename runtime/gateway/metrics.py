@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from runtime.accounting.status import call_label
+
 if TYPE_CHECKING:
     from runtime.gateway.calls import CallRecord
     from runtime.pool import Pools
@@ -62,7 +64,7 @@ class Metrics:
 
     def observe_call(self, call: "CallRecord") -> None:
         model = self.model(call.model)
-        self.requests.labels(model, call.endpoint, call.status).inc()
+        self.requests.labels(model, call.endpoint, call_label(call.status, call.error)).inc()
         self.latency.labels(model, call.endpoint).observe(call.latency_s)
         for counter, n in ((self.prompt_tokens, call.prompt_tokens),
                            (self.completion_tokens, call.completion_tokens),
@@ -103,9 +105,11 @@ class _PoolCollector:
         yield from (queue, workers, in_flight, processing, deferred, kv)
 
 
-def metrics_handler(metrics: Metrics):
-    async def handle(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(metrics.registry))
-        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return resp
-    return handle
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    resp = web.Response(body=generate_latest(request.app[METRICS].registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp

@@ -1,7 +1,9 @@
 """The OpenAI-compatible request and response shapes: the single schema.
 
 Handlers validate with these, responses are built from them, and
-``GET /openapi.json`` is generated from them.
+``GET /openapi.json`` is generated from them. Streamed chunks are the one
+exception: they are written as text (``generation.Generation._chunk``), so
+that no token pays for a model's validation.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.accounting.keys import check_key_name
+from runtime.pool.pool import PoolState, SpareState
+from runtime.pool.sampling import DEFAULT as SAMPLING
+from runtime.pool.sampling import PAYLOAD_FIELDS
 
 
 MAX_INPUTS = 2048  # texts or prompts in one request, as OpenAI's embeddings
@@ -32,18 +37,18 @@ class SamplingParams(_Request):
     ``repeat_penalty`` pass through to llama.cpp."""
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    temperature: float = Field(SAMPLING.temperature, ge=0.0, le=2.0)
+    top_p: float = Field(SAMPLING.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SAMPLING.top_k, ge=0)
+    min_p: float = Field(SAMPLING.min_p, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(SAMPLING.repeat_penalty, gt=0.0, le=10.0)
+    presence_penalty: float = Field(SAMPLING.presence_penalty, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(SAMPLING.frequency_penalty, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # int64, as OpenAI's; llama.cpp's uint32 too
     logit_bias: dict[int, float] | None = None
-    ignore_eos: bool = False  # llama.cpp's extension: generate max_tokens whatever the model says
+    ignore_eos: bool = SAMPLING.ignore_eos  # llama.cpp's extension: generate max_tokens whatever the model says
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -73,11 +78,8 @@ class SamplingParams(_Request):
         return v
 
     def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "min_p": self.min_p, "repeat_penalty": self.repeat_penalty,
-                "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty, "seed": self.seed,
-                "ignore_eos": self.ignore_eos}
+        """The sampler settings the worker is sent."""
+        return {name: getattr(self, name) for name in PAYLOAD_FIELDS}
 
 
 class TextPart(BaseModel):
@@ -324,35 +326,6 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ToolCallDelta(BaseModel):
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: dict[str, str] | None = None  # "name" in the first piece, "arguments" fragments after
-
-
-class ChunkDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: ChunkDelta
-    finish_reason: FinishReason | None = None
-    logprobs: ChoiceLogprobs | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float | None]
@@ -419,11 +392,11 @@ class RerankResponse(BaseModel):
 
 
 class PoolStatus(BaseModel):
-    state: Literal["cold", "starting", "warm", "draining"]
+    state: PoolState
     workers: dict[str, int]
     queued: int
     in_flight: int
-    spare: Literal["ready", "starting"] | None = None  # an interpreter waiting to take the next cold start
+    spare: SpareState | None = None  # an interpreter waiting to take the next cold start
     last_cold_start: dict[str, Any] | None = None
 
 

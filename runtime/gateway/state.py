@@ -7,16 +7,15 @@ from runtime.gateway.errors import MODEL_HINT, REQUEST_ID  # noqa: F401 (re-expo
 
 from runtime.gateway.auth import Authenticator, InvocationTokens, principal_of
 from runtime.gateway.calls import Calls
-from runtime.gateway.metrics import Metrics
+from runtime.gateway.metrics import METRICS  # noqa: F401 (re-exported)
 from runtime.pool import Pools
 
 POOLS = web.AppKey("pools", Pools)
-METRICS = web.AppKey("metrics", Metrics)
+STARTED = web.AppKey("started", float)  # when the gateway started (the models' ``created``)
 CALLS = web.AppKey("calls", Calls)
 INVOCATIONS = web.AppKey("invocations", InvocationTokens)
 AUTH = web.AppKey("auth", Authenticator)
 METER = web.RequestKey("meter", object)
-
 
 
 def pool_for(request: web.Request, model: str):

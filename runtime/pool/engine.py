@@ -25,23 +25,9 @@ from dataclasses import dataclass, field
 import llama_cpp as ll
 import numpy as np
 
+from runtime.pool.sampling import Sampling
+
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own chatter
-
-
-@dataclass
-class Sampling:
-    """One choice's sampler settings; greedy at temperature 0."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None
-    ignore_eos: bool = False
 
 
 @dataclass
@@ -253,8 +239,8 @@ class Engine:
     """Continuous batching over one context. ``submit`` and ``cancel`` are
     thread-safe; everything else runs on the scheduler thread."""
 
-    def __init__(self, model: Model, events: Events, *, slots: int, n_ctx: int, n_batch: int = 512,
-                 n_threads: int | None = None, kv_unified: bool = True):
+    def __init__(self, model: Model, events: Events, *, slots: int, n_ctx: int, n_batch: int,
+                 n_threads: int | None, kv_unified: bool):  # the pool's settings (``PoolConfig``)
         self.model, self.events = model, events
         self.slots = slots
         params = ll.llama_context_default_params()

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from runtime.app.models import ModelConfig
@@ -29,10 +30,30 @@ from runtime.pool.tokenizer import ModelTokenizer
 log = logging.getLogger("llmfn.pool")
 
 
+class WorkerState(StrEnum):
+    STARTING = "starting"  # launched, loading the model
+    WARM = "warm"  # serving
+    DRAINING = "draining"  # finishing what it has, then it exits
+
+
+class PoolState(StrEnum):
+    """The pool's state is that of its most useful worker, or cold without any."""
+    COLD = "cold"
+    STARTING = "starting"
+    WARM = "warm"
+    DRAINING = "draining"
+
+
+class SpareState(StrEnum):
+    """A spare interpreter kept for the next cold start."""
+    STARTING = "starting"
+    READY = "ready"
+
+
 @dataclass
 class Worker:
     model: str
-    state: str = "starting"  # starting | warm | draining
+    state: WorkerState = WorkerState.STARTING
     proc: asyncio.subprocess.Process | None = None
     client: WorkerClient | None = None
     in_flight: int = 0  # sequences in use
@@ -150,12 +171,12 @@ class Launcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def state(self, spec: dict[str, Any] | None) -> str | None:
-        """The spare for this model: "ready", "starting", or None."""
+    def state(self, spec: dict[str, Any] | None) -> SpareState | None:
+        """The spare for this model, None without one."""
         spare = self._spares.get(_key(spec)) or self._spares.get(None)
         if spare is None or spare[0].returncode is not None:
             return None
-        return "ready" if spare[1].done() else "starting"
+        return SpareState.READY if spare[1].done() else SpareState.STARTING
 
     async def _fill(self, spec: dict[str, Any] | None, delay: float = 0.0) -> None:
         # After a cold start, not at once: a new interpreter would compete with the model load.
@@ -259,21 +280,21 @@ class ModelPool:
             await self.launcher.close()
 
     @property
-    def state(self) -> str:
+    def state(self) -> PoolState:
         states = {w.state for w in self.workers}
-        for s in ("warm", "starting", "draining"):
+        for s in (WorkerState.WARM, WorkerState.STARTING, WorkerState.DRAINING):
             if s in states:
-                return s
-        return "cold"
+                return PoolState(s)
+        return PoolState.COLD
 
     def status(self) -> dict[str, Any]:
         counts = collections.Counter(w.state for w in self.workers)
         return {"state": self.state,
-                "workers": {s: counts.get(s, 0) for s in ("starting", "warm", "draining")},
+                "workers": {s: counts.get(s, 0) for s in WorkerState},
                 "pids": [w.pid for w in self.workers if w.pid],
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
                 "kv_cache_usage_ratio": self.kv_cache_usage(),
-                "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == "warm"],
+                "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == WorkerState.WARM],
                 "spare": self.launcher.state(self._spare_spec()),
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
 
@@ -281,7 +302,7 @@ class ModelPool:
         return engine_spec(self._model_path, self.config.pool) if self._model_path else None
 
     def kv_cache_usage(self) -> float:
-        warm = [w for w in self.workers if w.state == "warm"]
+        warm = [w for w in self.workers if w.state == WorkerState.WARM]
         if not warm:
             return 0.0
         return round(sum(w.stats.get("kv_cache_usage_ratio", 0.0) for w in warm) / len(warm), 4)
@@ -344,7 +365,7 @@ class ModelPool:
         if self.queued >= self.config.pool.queue_limit:
             raise Overloaded(f"model '{self.name}': {self.queued} requests already waiting "
                              f"(queue_limit {self.config.pool.queue_limit})", retry_after=2)
-        cold = not any(w.state == "warm" for w in self.workers)
+        cold = not any(w.state == WorkerState.WARM for w in self.workers)
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         fut.n = n  # type: ignore[attr-defined]
         self._waiters.append(fut)
@@ -372,7 +393,7 @@ class ModelPool:
 
     def _free_worker(self, n: int = 1) -> Worker | None:
         warm = [w for w in self.workers
-                if w.state == "warm" and w.in_flight + n <= self.config.pool.slots]
+                if w.state == WorkerState.WARM and w.in_flight + n <= self.config.pool.slots]
         return min(warm, key=lambda w: w.in_flight) if warm else None
 
     def _release(self, worker: Worker, n: int = 1) -> None:
@@ -399,7 +420,7 @@ class ModelPool:
 
     def _scale_up(self) -> None:
         slots = self.config.pool.slots
-        capacity = sum(slots for w in self.workers if w.state in ("starting", "warm"))
+        capacity = sum(slots for w in self.workers if w.state in (WorkerState.STARTING, WorkerState.WARM))
         demand = sum(w.in_flight for w in self.workers) + sum(
             f.n for f in self._waiters if not f.done())  # type: ignore[attr-defined]
         while demand > capacity and len(self.workers) < self.config.pool.max_workers:
@@ -446,7 +467,7 @@ class ModelPool:
             "spare": ready["spare"], "fetch_s": round(t_fetch - t0, 4),
             "process_start_s": round(spawn_s, 4), "load_s": ready["load_s"],
             "ready_s": round(now - t0, 4), "first_token_s": None}
-        worker.state, worker.ready_at, worker.last_used = "warm", now, now
+        worker.state, worker.ready_at, worker.last_used = WorkerState.WARM, now, now
         self._fetch_task = None  # the next cold start checks the cache (and S3) again
         self.cold_starts += 1
         self.last_cold_start = worker.cold_start
@@ -494,7 +515,7 @@ class ModelPool:
         err = exc if isinstance(exc, LlmfnError) else ModelUnavailable(
             f"model '{self.name}': cold start failed ({type(exc).__name__})")
         log.error("%s", err.message)
-        if not any(w.state in ("starting", "warm") for w in self.workers):
+        if not any(w.state in (WorkerState.STARTING, WorkerState.WARM) for w in self.workers):
             for fut in self._waiters:
                 if not fut.done():
                     fut.set_exception(err)
@@ -504,7 +525,7 @@ class ModelPool:
         code = await worker.proc.wait()
         if worker.client is not None:
             await worker.client.close()
-        if worker.state != "draining":
+        if worker.state != WorkerState.DRAINING:
             log.warning("model %s: worker pid %s exited unexpectedly (code %s)",
                         self.name, worker.pid, code)
             if worker in self.workers:
@@ -544,9 +565,9 @@ class ModelPool:
             await asyncio.sleep(period)
             await self.refresh_stats()
             now = time.monotonic()
-            warm = [w for w in self.workers if w.state == "warm"]
+            warm = [w for w in self.workers if w.state == WorkerState.WARM]
             for w in sorted(warm, key=lambda w: w.last_used):
-                if len([x for x in self.workers if x.state == "warm"]) <= p.min_workers:
+                if len([x for x in self.workers if x.state == WorkerState.WARM]) <= p.min_workers:
                     break
                 if w.in_flight == 0 and now - w.last_used >= p.idle_timeout:
                     log.info("model %s: worker pid %s idle for %.0fs, stopping",
@@ -555,14 +576,14 @@ class ModelPool:
 
     async def refresh_stats(self) -> None:
         """Each warm worker's engine figures (KV cache use), for ``/metrics``."""
-        for w in [w for w in self.workers if w.state == "warm" and w.client and not w.client.closed]:
+        for w in [w for w in self.workers if w.state == WorkerState.WARM and w.client and not w.client.closed]:
             try:
                 w.stats = await asyncio.wait_for(w.client.call(Kind.STATS), 1.0)
             except (TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):
                 pass
 
     async def _stop_worker(self, worker: Worker) -> None:
-        worker.state = "draining"
+        worker.state = WorkerState.DRAINING
         if worker.client is not None:
             await worker.client.close()
         proc = worker.proc

@@ -1,6 +1,7 @@
 """Ledger rows, quotas and usage reports through a real gateway over llama.cpp."""
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -16,8 +17,13 @@ import pytest
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger, LedgerRow
 from runtime.accounting.quotas import Limits
+from runtime.accounting.status import CallerKind
 from runtime.errors import LedgerUnavailable
-from runtime.gateway.accounting import ACCOUNTING
+from runtime.gateway import GatewayConfig, build_app
+from runtime.gateway.auth import Principal
+from runtime.gateway.charging import ACCOUNTING
+from runtime.gateway.state import POOLS
+from runtime.pool import ModelStore
 from tests.integration.conftest import MODEL
 from tests.support.cli import wait_until
 from tests.support.gateway import call, model
@@ -264,3 +270,32 @@ async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url
     await restarted.settle(other, 30)
     assert (await restarted.reserve("key", "other", MODEL, limits, 1)).decision.budget_left["daily"] == 70
     await restarted.counters.close()
+
+
+async def test_an_embeddings_call_whose_client_leaves_gives_its_reservation_back(model_cache, tmp_path,
+                                                                               aiohttp_client):
+    # The test server cancels a handler whose client disconnects, as a proxy in front would.
+    secret = KeyStore(tmp_path / "keys.sqlite3").create("emb", limits=Limits(daily_tokens=60_000))
+    store = ModelStore(model_cache, show_progress=False)
+    client = await aiohttp_client(build_app(GatewayConfig(
+        models=[model()], store=store, ledger_path=tmp_path / "ledger.sqlite3",
+        keys_path=tmp_path / "keys.sqlite3")))
+    texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog " * 6 for i in range(400)]
+    request = asyncio.create_task(client.post("/v1/embeddings", json={"model": MODEL, "input": texts},
+                                              headers=_bearer(secret)))
+    pool = client.app[POOLS].get(MODEL)
+    deadline = time.monotonic() + 60
+    while pool.status()["in_flight"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert pool.status()["in_flight"] == 1, "the embeddings call never reached a worker"
+    request.cancel()  # the client goes away while the worker embeds
+    acct = client.app[ACCOUNTING]
+    key = Principal(CallerKind.KEY, "emb")
+    deadline = time.monotonic() + 5
+    while await acct.remaining(key, MODEL) < 60_000 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert await acct.remaining(key, MODEL) == 60_000  # the whole reservation came back
+    ended = "SELECT status, error_type FROM calls WHERE status != 'running'"
+    while not acct.ledger.read(ended) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert acct.ledger.read("SELECT status, error_type FROM calls") == [("failure", "cancelled")]

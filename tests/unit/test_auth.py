@@ -79,3 +79,25 @@ def test_reserved_and_unsafe_key_names_are_refused(tmp_path, name):
     if isinstance(name, str):
         with pytest.raises(ValueError):
             KeyStore(tmp_path / "keys.sqlite3").create(name)
+
+
+async def test_every_admin_route_of_the_table_answers_the_admin_key_alone(tmp_path, aiohttp_client):
+    from runtime.gateway import GatewayConfig, build_app
+    from runtime.gateway.routes import ROUTES
+    from runtime.pool import ModelStore
+    from tests.support.gateway import model
+
+    client = await aiohttp_client(build_app(GatewayConfig(
+        models=[model()], store=ModelStore(tmp_path), api_keys=frozenset({"sk-user"}), admin_key=ADMIN,
+        keys_path=tmp_path / "keys.sqlite3")))
+    admin_routes = [r for r in ROUTES if r.path.startswith("/admin/")]
+    assert admin_routes
+    for route in admin_routes:
+        path = route.path.replace("{name}", "nobody")
+        refused = await client.request(route.method, path, headers={"Authorization": "Bearer sk-user"})
+        assert refused.status == 403, route.path
+        assert (await refused.json())["error"]["code"] == "admin_key_required"
+        assert (await client.request(route.method, path)).status == 401, route.path
+        allowed = await client.request(route.method, path, json={"name": "k1"},
+                                       headers={"Authorization": f"Bearer {ADMIN}"})
+        assert allowed.status in (200, 201, 404), route.path  # 404: the key to revoke does not exist

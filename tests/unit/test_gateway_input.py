@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from runtime.gateway import GatewayConfig, build_app
 from runtime.gateway.errors import LIMITS, InputLimits, errors_middleware, parse_body
 from runtime.gateway.openapi import openapi_document
+from runtime.gateway.routes import OPERATIONS
 from runtime.pool import ModelStore
 from tests.support.gateway import model
 
@@ -77,20 +78,39 @@ async def test_a_number_of_5000_digits_is_a_400(client):
     assert error["code"] == "invalid_json" and "digits" in error["message"]
 
 
-def test_the_openapi_document_lists_every_route_the_gateway_serves(tmp_path):
+def _served(app) -> set[tuple[str, str]]:
+    """(method, OpenAPI path) of every route the app answers (HEAD and OPTIONS aside)."""
+    out = set()
+    for r in app.router.routes():
+        if r.method in ("HEAD", "OPTIONS"):
+            continue
+        path = r.resource.canonical
+        if isinstance(r.resource, web.StaticResource):
+            path += "/{filename}"
+        out.add((r.method.lower(), path))
+    return out
+
+
+async def test_the_openapi_document_lists_exactly_the_routes_the_gateway_serves(tmp_path, aiohttp_client):
+    client = await aiohttp_client(build_app(GatewayConfig(models=[model()], store=ModelStore(tmp_path))))
+    doc = await (await client.get("/openapi.json")).json()
+    listed = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert listed == _served(client.app)
+    for route in ("/v1/models/{model}", "/v1/usage", "/admin/pools", "/admin/keys", "/admin/keys/{name}",
+                  "/score", "/v2/rerank", "/health", "/metrics", "/openapi.json", "/usage",
+                  "/usage/static/{filename}", "/v1/invocation/usage", "/v1/invocation/quota"):
+        assert route in doc["paths"], route
+    assert doc["paths"]["/v1/models/{model}"]["get"]["summary"] == "One model with its pool state"
+
+
+def test_a_route_added_beside_the_table_is_still_documented(tmp_path):
     app = build_app(GatewayConfig(models=[model()], store=ModelStore(tmp_path)))
 
     async def extra(request):
         """A route added later."""
     app.router.add_delete("/admin/extra/{thing}", extra)
-    doc = openapi_document(app.router)
-    served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.method not in ("HEAD", "OPTIONS")}
-    listed = {(m, p) for p, ops in doc["paths"].items() for m in ops}
-    assert {(m, p) for m, p in served if not p.startswith("/usage/static")} <= listed
-    for route in ("/v1/models/{model}", "/v1/usage", "/admin/pools", "/admin/keys", "/score", "/v2/rerank",
-                  "/health", "/metrics", "/openapi.json", "/usage/static/{filename}"):
-        assert route in doc["paths"], route
+    doc = openapi_document(app.router, OPERATIONS)
+    assert {(m, p) for p, ops in doc["paths"].items() for m in ops} == _served(app)
     extra_op = doc["paths"]["/admin/extra/{thing}"]["delete"]
     assert extra_op["summary"] == "A route added later."
     assert extra_op["parameters"][0]["name"] == "thing"
@@ -114,6 +134,7 @@ def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path)
     from prometheus_client import generate_latest
 
     from runtime.gateway.auth import ANONYMOUS
+    from runtime.accounting.status import CallStatus
     from runtime.gateway.calls import CallRecord
     from runtime.gateway.metrics import Metrics
     from runtime.pool import Pools
@@ -122,7 +143,8 @@ def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path)
     metrics.watch_pools(Pools([model("served")], ModelStore(tmp_path)))
     for i in range(50):
         name = "served" if i == 0 else f"{i}" + "z" * 10_000
-        metrics.observe_call(CallRecord(0.0, ANONYMOUS, name, "chat", "error:model_not_found", 3, 1, 0, 0.1, 0.05))
+        metrics.observe_call(CallRecord(0.0, ANONYMOUS, name, "chat", CallStatus.ERROR, 3, 1, 0, 0.1, 0.05,
+                                        error="model_not_found"))
         metrics.observe_ttft(name, 0.05)
     text = generate_latest(metrics.registry).decode()
     assert "zzzz" not in text and len(text) < 50_000
@@ -133,3 +155,20 @@ async def test_lone_utf16_surrogates_become_replacement_characters(client):
     raw = b'{"model": "m\\ud800", "messages": ["\\uD83D\\uDE00", "x\\udfffy"]}'
     body = await (await client.post("/", data=raw)).json()
     assert body["model"] == "m\ufffd" and body["messages"] == ["\U0001F600", "x\ufffdy"]
+
+
+def test_metrics_label_a_call_by_its_outcome_as_before(tmp_path):
+    from prometheus_client import generate_latest
+
+    from runtime.accounting.status import CallStatus
+    from runtime.gateway.auth import ANONYMOUS
+    from runtime.gateway.calls import CallRecord
+    from runtime.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    for status, error in ((CallStatus.SUCCESS, None), (CallStatus.ERROR, "context_length_exceeded"),
+                          (CallStatus.CANCELLED, None)):
+        metrics.observe_call(CallRecord(0.0, ANONYMOUS, "m", "chat", status, 3, 1, 0, 0.1, None, error=error))
+    text = generate_latest(metrics.registry).decode()
+    for label in ("success", "error:context_length_exceeded", "cancelled"):
+        assert f'status="{label}"' in text, label

@@ -21,6 +21,7 @@ from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy
 from runtime.errors import LedgerUnavailable, QuotaExhausted
 from runtime.accounting.reports import parse_period, render_text
 from runtime.gateway.auth import Principal
+from runtime.accounting.status import CallStatus
 from runtime.gateway.calls import CallRecord
 
 DAY = 86400.0
@@ -126,14 +127,15 @@ def test_record_after_close_is_refused(tmp_path):
         ledger.record(row())
 
 
-def call(status: str, principal: Principal, *, ttft: float | None = 0.05) -> CallRecord:
+def call(status: CallStatus, principal: Principal, *, ttft: float | None = 0.05,
+         error: str | None = None) -> CallRecord:
     return CallRecord(at=JAN1, principal=principal, model="gemma", endpoint="/v1/chat/completions",
                       status=status, prompt_tokens=12, completion_tokens=4, cached_tokens=3,
-                      latency_s=0.25, ttft_s=ttft, request_id="req-9")
+                      latency_s=0.25, ttft_s=ttft, request_id="req-9", error=error)
 
 
 def test_from_call_maps_a_successful_function_call():
-    r = LedgerRow.from_call(call("success", Principal("function", "summarize", "inv-7")))
+    r = LedgerRow.from_call(call(CallStatus.SUCCESS, Principal("function", "summarize", "inv-7")))
     assert (r.service_type, r.resource, r.invocation_id) == ("function", "summarize", "inv-7")
     assert (r.status, r.error_type) == ("success", None)
     assert (r.prompt_tokens, r.completion_tokens, r.cached_tokens) == (12, 4, 3)
@@ -143,14 +145,14 @@ def test_from_call_maps_a_successful_function_call():
 
 
 def test_from_call_maps_an_error_to_a_failure_with_its_code():
-    r = LedgerRow.from_call(call("error:context_length_exceeded", Principal("key", "key-0"),
-                                 ttft=None))
+    r = LedgerRow.from_call(call(CallStatus.ERROR, Principal("key", "key-0"), ttft=None,
+                                 error="context_length_exceeded"))
     assert (r.service_type, r.resource, r.invocation_id) == ("key", "key-0", None)
     assert (r.status, r.error_type, r.ttft_ms) == ("failure", "context_length_exceeded", None)
 
 
 def test_from_call_keeps_the_tokens_of_a_cancelled_stream():
-    r = LedgerRow.from_call(call("cancelled", Principal("anonymous", "anonymous")))
+    r = LedgerRow.from_call(call(CallStatus.CANCELLED, Principal("anonymous", "anonymous")))
     assert (r.service_type, r.resource) == ("key", "anonymous")
     assert (r.status, r.error_type) == ("failure", "cancelled")
     assert (r.prompt_tokens, r.completion_tokens) == (12, 4)

@@ -100,3 +100,15 @@ def test_model_flag():
     assert m.name == "qwen-0.5b" and m.source == "s3://bucket/path/qwen-0.5b.gguf"
     assert parse_model_flag("chat=./m.gguf").name == "chat"
     assert parse_model_flag("embedded").name == "gemma3-270m"
+
+
+def test_a_request_without_sampling_fields_is_sampled_with_the_engines_defaults():
+    from dataclasses import asdict
+
+    from runtime.gateway.schemas import CompletionRequest
+    from runtime.pool.sampling import Sampling
+
+    sent = CompletionRequest.model_validate({"model": "m", "prompt": "hi"}).sampling()
+    engine = asdict(Sampling())
+    assert sent == {name: engine[name] for name in sent}
+    assert set(engine) - set(sent) == {"logit_bias", "grammar"}  # sent only when a request sets them

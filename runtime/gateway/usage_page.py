@@ -1,4 +1,5 @@
-"""The usage web page: ``static/usage.html`` with its script and stylesheet.
+"""``GET /usage``: the usage web page, ``static/usage.html``, with its script
+and stylesheet under ``/usage/static/``.
 
 The page holds no data and no secret: its script fetches ``GET /v1/usage``
 with the caller's key, so the gateway can serve these paths without auth
@@ -29,10 +30,5 @@ _HEADERS = {
 
 
 async def usage_page(request: web.Request) -> web.Response:
-    """``GET /usage``: the page; it loads its data from ``/v1/usage``."""
+    """The usage page (HTML); it loads its data from ``/v1/usage``."""
     return web.Response(text=_HTML, content_type="text/html", headers=_HEADERS)
-
-
-def static_routes(app: web.Application) -> None:
-    """Serve the page's script and stylesheet under ``/usage/static/``."""
-    app.router.add_static(STATIC_PREFIX, STATIC_DIR, name="usage-static")

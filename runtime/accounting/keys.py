@@ -1,7 +1,8 @@
 """API keys: created once (the secret is shown once, only its SHA-256 is kept),
 listed, revoked; a name is short, of a safe charset, and never one the gateway
-gives callers itself (``anonymous``, ``admin``, the static keys' ``key-N``). Stored in SQLite; the gateway keeps an in-memory copy that it
-refreshes off the event loop, so a lookup never touches the disk."""
+gives callers itself (``anonymous``, ``admin``, the static keys' ``key-N``).
+Stored in SQLite; the gateway keeps an in-memory copy that it refreshes off the
+event loop, so a lookup never touches the disk."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.accounting.quotas import Limits
+
+NO_LIMITS = Limits()
 
 KEY_PREFIX = "sk-llmfn-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -74,7 +77,7 @@ class KeyStore:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
-    def create(self, name: str, *, models: list[str] | None = None, limits: Limits = Limits()) -> str:
+    def create(self, name: str, *, models: list[str] | None = None, limits: Limits = NO_LIMITS) -> str:
         """A new key; the secret is returned once and never stored."""
         check_key_name(name)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)

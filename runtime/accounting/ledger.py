@@ -31,11 +31,12 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from runtime.accounting.status import INTERRUPTED, CallerKind, CallStatus, LedgerStatus, ServiceType, ledger_outcome
 from runtime.errors import LedgerUnavailable
@@ -121,7 +122,7 @@ class LedgerRow:
     reserved_tokens: int = 0  # what the call reserved at admission (prompt + max tokens)
 
     @classmethod
-    def from_call(cls, record: CallRecord) -> "LedgerRow":
+    def from_call(cls, record: CallRecord) -> LedgerRow:
         status, error_type = ledger_outcome(record.status, record.error)
         service_type = record.principal.kind.service_type
         return cls(

@@ -16,9 +16,10 @@ import collections
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Awaitable, Callable, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 from runtime.accounting.status import ServiceType
 from runtime.errors import QuotaExhausted, RateLimited
@@ -36,7 +37,7 @@ class Limits:
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.rpm, self.tpm, self.daily_tokens, self.monthly_tokens))
 
-    def tighten(self, other: "Limits") -> "Limits":
+    def tighten(self, other: Limits) -> Limits:
         """Field by field, the stricter of two limits."""
         pick = lambda a, b: b if a is None else a if b is None else min(a, b)  # noqa: E731
         return Limits(pick(self.rpm, other.rpm), pick(self.tpm, other.tpm),
@@ -92,12 +93,12 @@ def _duration(seconds: float) -> str:
 
 
 def periods(now: float) -> tuple[str, str]:
-    day = datetime.fromtimestamp(now, timezone.utc)
+    day = datetime.fromtimestamp(now, UTC)
     return day.strftime("%Y-%m-%d"), day.strftime("%Y-%m")
 
 
 def period_start(now: float, which: str) -> float:
-    d = datetime.fromtimestamp(now, timezone.utc)
+    d = datetime.fromtimestamp(now, UTC)
     d = d.replace(hour=0, minute=0, second=0, microsecond=0)
     if which == "month":
         d = d.replace(day=1)

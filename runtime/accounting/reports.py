@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from runtime.accounting.ledger import RUNNING, Ledger
@@ -153,14 +153,14 @@ def _every_day(rows: list[dict[str, Any]], since: float, until: float) -> list[d
 
 
 def _utc_date(ts: float) -> date:
-    return datetime.fromtimestamp(ts, timezone.utc).date()
+    return datetime.fromtimestamp(ts, UTC).date()
 
 
 def _last_day(until: float) -> date:
     """The last day the half-open period touches: an ``until`` at midnight
     ends the day before."""
     day = _utc_date(until)
-    midnight = datetime.combine(day, time(), timezone.utc).timestamp()
+    midnight = datetime.combine(day, time(), UTC).timestamp()
     return day - timedelta(days=1) if until == midnight else day
 
 
@@ -207,7 +207,7 @@ def _relative_start(text: str, until: float) -> float:
             raise ValueError(f"a usage period covers at most 3 months ({MAX_PERIOD_DAYS} days),"
                              f" not {text}")
         first = last - timedelta(days=days - 1)
-    return datetime.combine(first, time(), timezone.utc).timestamp()
+    return datetime.combine(first, time(), UTC).timestamp()
 
 
 def _months_before(day: date, n: int) -> date:
@@ -227,12 +227,12 @@ def _parse_iso(text: str, *, end: bool) -> float:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
-            return datetime.combine(day, time(), timezone.utc).timestamp()
+            return datetime.combine(day, time(), UTC).timestamp()
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is neither a period like 7d, 2w, 3m nor an ISO date") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Annotated, Any, Callable, Literal, Mapping, Union
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,7 +62,7 @@ class ScheduleEvent(BaseModel):
     input: Any = None  # parsed Input; when set it replaces the scheduled event
 
 
-EventSpec = Annotated[Union[HttpEvent, S3Event, ScheduleEvent], Field(discriminator="type")]
+EventSpec = Annotated[HttpEvent | S3Event | ScheduleEvent, Field(discriminator="type")]
 
 
 class InvokeConfigSpec(BaseModel):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from runtime.app.errors import TemplateError
 from runtime.app.parameters import ParameterValue

@@ -26,7 +26,7 @@ class PoolConfig(BaseModel):
                                                "short sequences); false gives each its own stream.")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "PoolConfig":
+    def _bounds(self) -> PoolConfig:
         if self.min_workers > self.max_workers:
             raise ValueError("min_workers must not exceed max_workers")
         return self

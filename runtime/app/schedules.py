@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -44,7 +44,7 @@ class RateSchedule:
 
     def next_after(self, moment: datetime) -> datetime | None:
         ts = (math.floor(moment.timestamp() / self.period_s) + 1) * self.period_s
-        return datetime.fromtimestamp(ts, timezone.utc)
+        return datetime.fromtimestamp(ts, UTC)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class CronSchedule:
 
     def next_after(self, moment: datetime) -> datetime | None:
         try:
-            it = croniter(self.expression, moment.astimezone(timezone.utc),
+            it = croniter(self.expression, moment.astimezone(UTC),
                           max_years_between_matches=_MAX_YEARS_AHEAD)
             return it.get_next(datetime)
         except CroniterBadDateError:

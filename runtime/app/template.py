@@ -5,8 +5,9 @@ CloudFormation and cfn-lint allow). ``Parameters`` (with overrides),
 applied here, at load time, so every command reports the same mistakes."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from cachetools import TTLCache
 
-from runtime.errors import AuthenticationFailed, PermissionDenied
-
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.status import CallerKind, ServiceType
+from runtime.errors import AuthenticationFailed, PermissionDenied
 from runtime.gateway.usage_page import PUBLIC_PATHS as PAGE_PATHS
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS

@@ -7,9 +7,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from runtime.accounting.ledger import committed
 from runtime.accounting.status import CallStatus
@@ -61,7 +62,7 @@ class Calls:
         self.journal: Journal | None = None
         self.on_first_token: list[Callable[[str, float], None]] = []
 
-    def meter(self, model: str, endpoint: str, principal: Principal, request_id: str = "") -> "CallMeter":
+    def meter(self, model: str, endpoint: str, principal: Principal, request_id: str = "") -> CallMeter:
         return CallMeter(self, model, endpoint, principal, request_id)
 
 

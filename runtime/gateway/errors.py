@@ -8,8 +8,9 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -114,7 +115,8 @@ def _decode(raw: bytes, limits: InputLimits) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc.msg if hasattr(exc, 'msg') else exc}",
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else exc
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {reason}",
                              code="invalid_json") from None
     except RecursionError:
         raise InvalidRequest(f"The JSON body is nested too deeply (at most {limits.max_json_depth} levels)",

@@ -18,8 +18,8 @@ from runtime.accounting.status import CallStatus
 from runtime.errors import ContextLengthExceeded, InvalidRequest, LlmfnError
 from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
-from runtime.gateway.charging import ACCOUNTING, charge
 from runtime.gateway.calls import CallMeter
+from runtime.gateway.charging import ACCOUNTING, charge
 from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
 from runtime.gateway.sse import EventStream

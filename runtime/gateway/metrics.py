@@ -4,7 +4,8 @@ Every label takes a bounded set of values: models are the served ones (any
 other name is ``unknown``), endpoints and statuses are the gateway's own."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -55,14 +56,14 @@ class Metrics:
         self.cold_starts.labels(self.model(model)).inc()
         self.cold_start_seconds.labels(self.model(model)).observe(info["ready_s"])
 
-    def watch_pools(self, pools: "Pools") -> None:
+    def watch_pools(self, pools: Pools) -> None:
         self.models = frozenset(pool.name for pool in pools)
         self.registry.register(_PoolCollector(pools))
 
     def observe_ttft(self, model: str, seconds: float) -> None:
         self.ttft.labels(self.model(model)).observe(seconds)
 
-    def observe_call(self, call: "CallRecord") -> None:
+    def observe_call(self, call: CallRecord) -> None:
         model = self.model(call.model)
         self.requests.labels(model, call.endpoint, call_label(call.status, call.error)).inc()
         self.latency.labels(model, call.endpoint).observe(call.latency_s)
@@ -81,7 +82,7 @@ class Metrics:
 class _PoolCollector:
     """Queue lengths and workers per state, read from the pools at scrape time."""
 
-    def __init__(self, pools: "Pools"):
+    def __init__(self, pools: Pools):
         self.pools = pools
 
     def collect(self) -> Iterable[GaugeMetricFamily]:

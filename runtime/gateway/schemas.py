@@ -18,7 +18,6 @@ from runtime.pool.pool import PoolState, SpareState
 from runtime.pool.sampling import DEFAULT as SAMPLING
 from runtime.pool.sampling import PAYLOAD_FIELDS
 
-
 MAX_INPUTS = 2048  # texts or prompts in one request, as OpenAI's embeddings
 
 
@@ -125,7 +124,7 @@ class ChatCompletionRequest(SamplingParams):
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _combine(self) -> "ChatCompletionRequest":
+    def _combine(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         if self.max_tokens is None and self.max_completion_tokens is not None:
@@ -150,7 +149,7 @@ class CompletionRequest(SamplingParams):
         return self.logprobs
 
     @model_validator(mode="after")
-    def _unsupported(self) -> "CompletionRequest":
+    def _unsupported(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of is not supported (use n)")
         if self.suffix:
@@ -201,7 +200,7 @@ class ScoreRequest(_Request):
     text_2: str | list[str]
 
     @model_validator(mode="after")
-    def _pairs(self) -> "ScoreRequest":
+    def _pairs(self) -> ScoreRequest:
         a, b = self.pairs_lists()
         if not a or not b:
             raise ValueError("text_1 and text_2 must not be empty")
@@ -264,7 +263,7 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
     @classmethod
-    def of(cls, prompt: int, completion: int = 0, cached: int = 0) -> "Usage":
+    def of(cls, prompt: int, completion: int = 0, cached: int = 0) -> Usage:
         return cls(prompt_tokens=prompt, completion_tokens=completion,
                    total_tokens=prompt + completion,
                    prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if cached else None)

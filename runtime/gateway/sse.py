@@ -5,9 +5,9 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from runtime.gateway.errors import REQUEST_ID
-from pydantic import BaseModel
 
 
 class EventStream:

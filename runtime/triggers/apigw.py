@@ -11,8 +11,9 @@ import binascii
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from runtime.app.pseudo import LOCAL_ACCOUNT_ID

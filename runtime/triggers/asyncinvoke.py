@@ -20,9 +20,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Literal, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from runtime.app.events import MAX_EVENT_AGE_S, MAX_RETRY_ATTEMPTS, InvokeConfigSpec
 from runtime.app.pseudo import LOCAL_ACCOUNT_ID
@@ -242,5 +243,5 @@ class AsyncInvoker:
 
 
 def _iso(ts: float) -> str:
-    moment = datetime.fromtimestamp(ts, timezone.utc)
+    moment = datetime.fromtimestamp(ts, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -20,9 +20,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Status = Literal["pending", "done", "failed", "skipped"]
 # pending: accepted, not finished; done: the function succeeded; failed: sent to the

@@ -10,8 +10,9 @@ import inspect
 import itertools
 import secrets
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote_plus
 
 from runtime.app.pseudo import LOCAL_ACCOUNT_ID, LOCAL_REGION
@@ -34,7 +35,7 @@ def s3_put_record(bucket: str, key: str, size: int, etag: str, event_time: datet
     with spaces as ``+`` (handlers ``unquote_plus`` it). ``etag`` may carry the
     quotes S3's API returns; notifications have none.
     """
-    event_time = event_time or datetime.now(timezone.utc)
+    event_time = event_time or datetime.now(UTC)
     s3_object: dict[str, Any] = {"key": quote_plus(key, safe="/"), "size": int(size), "eTag": etag.strip('"')}
     if version_id:
         s3_object["versionId"] = version_id
@@ -80,7 +81,7 @@ def scheduled_event(rule_arn: str, time: datetime | None = None) -> dict[str, An
         "detail-type": "Scheduled Event",
         "source": "aws.events",
         "account": account,
-        "time": _iso8601(time or datetime.now(timezone.utc), milliseconds=False),
+        "time": _iso8601(time or datetime.now(UTC), milliseconds=False),
         "region": region,
         "resources": [rule_arn],
         "detail": {},
@@ -88,7 +89,7 @@ def scheduled_event(rule_arn: str, time: datetime | None = None) -> dict[str, An
 
 
 def _iso8601(moment: datetime, *, milliseconds: bool) -> str:
-    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{moment.microsecond // 1000:03d}Z" if milliseconds else f"{text}Z"
 

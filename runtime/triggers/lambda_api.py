@@ -16,7 +16,7 @@ import binascii
 import json
 import re
 import uuid
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError

@@ -32,9 +32,10 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from runtime.app import FunctionSpec, ScheduleEvent
 from runtime.app.schedules import Schedule, parse_schedule
@@ -42,7 +43,7 @@ class ScheduleEntry:
         return scheduled_event(rule_arn(self.rule), fire_time)
 
     def event_id(self, fire_time: datetime) -> str:
-        return f"schedule:{self.function}:{self.event}:{fire_time.astimezone(timezone.utc).isoformat()}"
+        return f"schedule:{self.function}:{self.event}:{fire_time.astimezone(UTC).isoformat()}"
 
 
 def schedule_entries(functions: Mapping[str, FunctionSpec]) -> list[ScheduleEntry]:
@@ -99,5 +100,5 @@ class Scheduler:
             await asyncio.sleep(min(delay, 30.0))
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), timezone.utc)
+        return datetime.fromtimestamp(self._clock(), UTC)
 

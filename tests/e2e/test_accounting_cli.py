@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 
 from runtime.accounting.ledger import Ledger
 from tests.support.cli import Server, llmfn, need_binary, reports, result
@@ -16,11 +15,6 @@ from tests.support.gateway import call
 
 APP = "tests/e2e/app/template.yaml"
 MODEL = "gemma3-270m"
-
-
-@pytest.fixture
-def env(model_cache, tmp_path):
-    return {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
 
 
 def test_ledger_rows_of_an_invocation_equal_its_report(env, tmp_path):

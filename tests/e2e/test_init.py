@@ -18,11 +18,6 @@ STARTERS = {"hello-llm": "HelloFunction", "s3-summarizer": "SummarizeFunction",
             "scheduled-digest": "DigestFunction"}
 
 
-@pytest.fixture
-def env(model_cache, tmp_path):
-    return {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
-
-
 def _init(tmp_path: Path, env: dict, name: str, starter: str) -> Path:
     cp = llmfn("init", name, "--template", starter, cwd=tmp_path, env=env)
     assert cp.returncode == 0, cp.stderr

@@ -16,7 +16,7 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
@@ -195,8 +195,10 @@ class Launcher:
 
 class ModelPool:
     def __init__(self, config: ModelConfig, store: ModelStore, *, launcher: Launcher | None = None,
-                 on_cold_start: Callable[[str, dict[str, Any]], None] | None = None):
+                 on_cold_start: Callable[[str, dict[str, Any]], None] | None = None,
+                 connect: Callable[[str, str], Awaitable[WorkerClient]] = WorkerClient.connect):
         self.config = config
+        self._connect = connect  # how a loaded worker is reached (its socket and secret)
         self._own_launcher = launcher is None
         self.launcher = launcher or Launcher(spare=False)
         self.name = config.name
@@ -480,7 +482,7 @@ class ModelPool:
             await worker.proc.wait()
             reason = ready.get("error") or f"exit code {worker.proc.returncode}"
             raise ModelUnavailable(f"model '{self.name}': worker failed to load the model ({reason})")
-        worker.client = await WorkerClient.connect(socket_path, secret)
+        worker.client = await self._connect(socket_path, secret)
         if spare == "preloaded" and not ready.get("prepared"):
             spare = "spare"  # prepared for another engine: it only saved the interpreter start
         return {**ready, "spare": spare}

@@ -16,8 +16,13 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
+
 from tests.support.cli import Server, llmfn, wait_until
 from tests.support.gateway import call
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 MODEL = "gemma3-270m"
 

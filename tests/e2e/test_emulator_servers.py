@@ -16,6 +16,9 @@ from botocore.config import Config
 from tests.support.cli import Server, wait_until
 from tests.support.gateway import call
 
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
+
 APP = "tests/e2e/app/template.yaml"
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 import boto3
+import pytest
 from botocore.config import Config
 
 from tests.support.cli import ROOT, Server, wait_until
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 WORDS = ("river", "mountain", "village", "harvest", "winter", "market", "bridge", "festival")
 

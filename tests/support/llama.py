@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from pathlib import Path
 from typing import Callable
 
 WORKER_MODULE = b"runtime.pool.worker"
@@ -31,40 +30,51 @@ def loads_model(fixture_function: Callable) -> Callable:
 class WorkerWatch:
     """Polls /proc for worker processes that carry this run's tag."""
 
-    def __init__(self, period: float = 0.05):
+    # a worker lives for seconds at least (importing llama.cpp alone takes longer than this)
+    def __init__(self, period: float = 0.2):
         self.tag = f"{RUN_TAG}={uuid.uuid4().hex}".encode()
         self.period = period
         self.seen: dict[int, str] = {}  # pid -> its command line
+        self._taken: set[int] = set()
+        self._before: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-watch", daemon=True)
 
     def start(self) -> None:
-        name, value = self.tag.decode().split("=", 1)
-        os.environ[name] = value
+        self._before = os.environ.get(RUN_TAG)
+        os.environ[RUN_TAG] = self.tag.decode().split("=", 1)[1]
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        os.environ.pop(RUN_TAG, None)
+        if self._before is None:
+            os.environ.pop(RUN_TAG, None)
+        else:  # a watch inside another's run (the watch's own test) gives the run its tag back
+            os.environ[RUN_TAG] = self._before
 
     def take(self) -> dict[int, str]:
-        """The workers seen since the last call (after one more look)."""
+        """The workers first seen since the last call (after one more look); each once."""
         self.scan()
-        seen, self.seen = self.seen, {}
-        return seen
+        new = {pid: cmd for pid, cmd in self.seen.items() if pid not in self._taken}
+        self._taken.update(new)
+        return new
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             self.scan()
 
     def scan(self) -> None:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in self.seen:
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in self.seen:
                 continue
             try:
-                cmdline = (entry / "cmdline").read_bytes()
-                if WORKER_MODULE in cmdline and self.tag in (entry / "environ").read_bytes().split(b"\0"):
-                    self.seen[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                if WORKER_MODULE not in cmdline:
+                    continue
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if self.tag in f.read().split(b"\0"):
+                        self.seen[int(name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
             except OSError:  # gone, or not ours
                 continue

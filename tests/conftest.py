@@ -15,7 +15,7 @@ import pytest
 
 from runtime.pool import ModelStore
 from runtime.pool.tokenizer import ModelTokenizer
-from tests.support.cli import need_binary, wait_until
+from tests.support.cli import free_port, need_binary, wait_until
 from tests.support.gateway import MODEL, GatewayThread, model
 from tests.support.grammar_check import GrammarChecker, embedded_tokenizer
 from tests.support.llama import MODEL_FIXTURES, WorkerWatch, loads_model
@@ -154,12 +154,6 @@ def s3_bucket(s3_server):
     return name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -172,7 +166,7 @@ def _accepts(port: int) -> bool:
 def redis_url(tmp_path):
     """A real redis-server of its own, on a free loopback port."""
     binary = need_binary("redis-server")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     try:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,13 @@ def need_binary(binary: str) -> str:
             pytest.fail(f"{binary} is not installed (make test installs it)")
         pytest.skip(f"{binary} is not installed; `make test` installs it")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (until someone binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 30.0, step: float = 0.05, message: str = "condition not met in time"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 WORKER_MODULE = b"runtime.pool.worker"
 # Inherited by every process a test starts (llmfn subprocesses, their workers).

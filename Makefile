@@ -41,6 +41,12 @@ lint: $(STAMP)
 test: lint system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Every test but those that load a model (marked llama): under a minute. A test that
+# starts a llama.cpp worker without the marker fails this run (tests/conftest.py).
+.PHONY: test-fast
+test-fast: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not llama"
+
 # Benchmark-only extras: llama-cpp-python's own server (FastAPI, uvicorn, ...), one of
 # the peers in bench/peers.py. constraints.txt pins them and llama-cpp-python itself,
 # so pip only adds the extras.

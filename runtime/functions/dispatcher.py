@@ -102,9 +102,9 @@ class FunctionPool:
             asyncio.create_task(self.retire(inst, kill=True))
 
     async def _start(self) -> FunctionInstance:
-        inst = FunctionInstance(self.spec, runtime_api=self.d.runtime_api_addr,
-                                gateway_url=self.d.gateway_url, log=self.d.log,
-                                env_overrides=self.d.env_overrides.get(self.spec.name), version=self.version)
+        inst = self.d.new_instance(self.spec, runtime_api=self.d.runtime_api_addr,
+                                   gateway_url=self.d.gateway_url, log=self.d.log,
+                                   env_overrides=self.d.env_overrides.get(self.spec.name), version=self.version)
         self.d.instances[inst.id] = inst
         self.instances.append(inst)
         try:
@@ -160,9 +160,11 @@ class Dispatcher:
     def __init__(self, functions: dict[str, FunctionSpec], *, instances: dict, runtime_api_addr: str,
                  gateway_url: str, tokens: InvocationTokens,
                  log: Callable[[str, str], None] = stderr_log,
-                 env_overrides: dict[str, dict[str, str]] | None = None):
+                 env_overrides: dict[str, dict[str, str]] | None = None,
+                 new_instance: Callable[..., FunctionInstance] = FunctionInstance):
         self.functions = functions
         self.instances = instances  # the Runtime API's registry: id -> live instance
+        self.new_instance = new_instance  # starts one instance's process; FunctionInstance's arguments
         self.runtime_api_addr = runtime_api_addr
         self.gateway_url = gateway_url
         self.tokens = tokens

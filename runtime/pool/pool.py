@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -217,8 +217,10 @@ class Launcher:
 
 class ModelPool:
     def __init__(self, config: ModelConfig, store: ModelStore, *, launcher: Launcher | None = None,
-                 on_cold_start: Callable[[str, dict[str, Any]], None] | None = None):
+                 on_cold_start: Callable[[str, dict[str, Any]], None] | None = None,
+                 connect: Callable[[str, str], Awaitable[WorkerClient]] = WorkerClient.connect):
         self.config = config
+        self._connect = connect  # how a loaded worker is reached (its socket and secret)
         self._own_launcher = launcher is None
         self.launcher = launcher or Launcher(spare=False)
         self.name = config.name
@@ -502,7 +504,7 @@ class ModelPool:
             await worker.proc.wait()
             reason = ready.get("error") or f"exit code {worker.proc.returncode}"
             raise ModelUnavailable(f"model '{self.name}': worker failed to load the model ({reason})")
-        worker.client = await WorkerClient.connect(socket_path, secret)
+        worker.client = await self._connect(socket_path, secret)
         if spare == "preloaded" and not ready.get("prepared"):
             spare = "spare"  # prepared for another engine: it only saved the interpreter start
         return {**ready, "spare": spare}

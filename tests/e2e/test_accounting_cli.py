@@ -18,11 +18,7 @@ APP = "tests/e2e/app/template.yaml"
 MODEL = "gemma3-270m"
 
 
-@pytest.fixture
-def env(model_cache, tmp_path):
-    return {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
-
-
+@pytest.mark.llama  # its llmfn commands serve the model
 def test_ledger_rows_of_an_invocation_equal_its_report(env, tmp_path):
     cp = llmfn("invoke", "CallsFunction", "--template", APP, "-e", "-", stdin='{"n": 2}', env=env)
     result(cp)
@@ -39,6 +35,7 @@ def test_ledger_rows_of_an_invocation_equal_its_report(env, tmp_path):
     assert report["totals"]["input_tokens"] == rep["prompt"]
 
 
+@pytest.mark.llama  # its llmfn commands serve the model
 def test_function_budget_from_the_template_survives_restarts(env):
     first = result(llmfn("invoke", "BudgetFunction", "--template", APP, env=env))
     assert first["before"] == 40 and first["after"] == 40 - first["used"]
@@ -65,6 +62,7 @@ def test_keys_cli_prints_the_secret_once(env):
     assert again.returncode == 2 and "no active key" in again.stderr
 
 
+@pytest.mark.llama  # its llmfn commands serve the model
 def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
     secret = llmfn("keys", "create", "shared", "--rpm", "5", env=env).stdout.strip()
     gateways = [Server("serve", "--port", "0", "--redis-url", redis_url, "--model", "embedded",
@@ -89,6 +87,7 @@ def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
             gw.stop()
 
 
+@pytest.mark.llama  # its llmfn commands serve the model
 def test_usage_page_in_headless_chromium_shows_the_cli_numbers(env, tmp_path):
     chromium = need_binary("chromium")
     gw = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "512", ready="gateway",

@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError
 
 from tests.support.cli import lambda_client, serve_project, server_url, wait_until
 
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
+
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31

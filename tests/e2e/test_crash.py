@@ -16,8 +16,13 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.support.cli import Server, llmfn
+import pytest
+
+from tests.support.cli import Server, llmfn, wait_until
 from tests.support.gateway import call
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 MODEL = "gemma3-270m"
 
@@ -169,10 +174,8 @@ def test_a_kill_with_streams_in_flight_leaves_each_an_interrupted_row(model_cach
         threads = [threading.Thread(target=_stream, args=(serve.url, key, s)) for s in streams]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 120
-        while not all(s.get("chunks", 0) >= 8 for s in streams) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert all(s.get("chunks", 0) >= 8 for s in streams), streams
+        wait_until(lambda: all(s.get("chunks", 0) >= 8 for s in streams), 120, step=0.02,
+                   message=f"streams never got under way: {streams}")
         serve.kill()
         for t in threads:
             t.join(30)

@@ -11,6 +11,9 @@ import pytest
 
 from tests.support.cli import lambda_client, llmfn, serve_project, server_url
 
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
+
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31

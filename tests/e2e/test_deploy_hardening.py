@@ -20,6 +20,9 @@ from botocore.exceptions import ClientError
 from runtime.functions.deployments import sha256_of, zip_dir
 from tests.support.cli import lambda_client, serve_project, server_url
 
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
+
 ADMIN_KEY = "admin-key-for-the-deploy-tests"
 
 TEMPLATE = """

@@ -13,8 +13,11 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.support.cli import Server
+from tests.support.cli import Server, wait_until
 from tests.support.gateway import call
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 APP = "tests/e2e/app/template.yaml"
 
@@ -102,10 +105,7 @@ def test_instance_is_reused_warm_then_replaced_after_idle(api):
     assert first["pid"] == second["pid"] and first["imported_at"] == second["imported_at"]
     assert first["request_id"] != second["request_id"]
     # PidFunction's idle_timeout is 2 s: the instance process exits, the next call cold-starts.
-    deadline = time.monotonic() + 20
-    while _alive(first["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(first["pid"])
+    wait_until(lambda: not _alive(first["pid"]), 20, step=0.2, message="the idle instance never exited")
     third = call(f"{api.url}/pid", method="GET").json()
     assert third["pid"] != first["pid"]
     line = api.wait_for(rf"REPORT RequestId: {third['request_id']}[^\n]*").group(0)

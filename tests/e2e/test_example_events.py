@@ -4,12 +4,15 @@ every resource's usage."""
 from __future__ import annotations
 
 import json
-import time
 
 import boto3
+import pytest
 from botocore.config import Config
 
-from tests.support.cli import ROOT, Server
+from tests.support.cli import ROOT, Server, wait_until
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 WORDS = ("river", "mountain", "village", "harvest", "winter", "market", "bridge", "festival")
 
@@ -31,13 +34,8 @@ def test_long_upload_is_summarized_and_the_digest_sees_it(tmp_path, model_cache)
         text = _document(420)  # ~22,000 characters: far more than the 4096-token context
         assert len(text) > 20_000
         s3.put_object(Bucket="llmfn-docs", Key="docs/valley history.txt", Body=text.encode())
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            listed = s3.list_objects_v2(Bucket="llmfn-docs", Prefix="summaries/")
-            if listed.get("Contents"):
-                break
-            time.sleep(0.5)
-        [summary] = listed["Contents"]
+        [summary] = wait_until(
+            lambda: s3.list_objects_v2(Bucket="llmfn-docs", Prefix="summaries/").get("Contents"), 240, step=0.5)
         assert summary["Key"] == "summaries/valley history.txt"
         line = server.wait_for(r"summarized s3://llmfn-docs/docs/valley history\.txt \((\d+) chars, (\d+) round").group(0)
         assert int(line.split("(")[1].split(" ")[0]) == len(text)

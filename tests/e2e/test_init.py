@@ -18,11 +18,6 @@ STARTERS = {"hello-llm": "HelloFunction", "s3-summarizer": "SummarizeFunction",
             "scheduled-digest": "DigestFunction"}
 
 
-@pytest.fixture
-def env(model_cache, tmp_path):
-    return {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path / "data")}
-
-
 def _init(tmp_path: Path, env: dict, name: str, starter: str) -> Path:
     cp = llmfn("init", name, "--template", starter, cwd=tmp_path, env=env)
     assert cp.returncode == 0, cp.stderr
@@ -55,6 +50,7 @@ def test_starter_is_a_project_that_lints(tmp_path, env, starter):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+@pytest.mark.llama  # the starter is run with its model
 def test_hello_llm_greets_through_the_http_event(tmp_path, env):
     project = _init(tmp_path, env, "hello", "hello-llm")
     out, rep = _invoke(project, env, "HelloFunction")
@@ -66,6 +62,7 @@ def test_hello_llm_greets_through_the_http_event(tmp_path, env):
     assert 1 <= rep["completion"] <= 24
 
 
+@pytest.mark.llama  # the starter is run with its model
 def test_s3_summarizer_summarizes_direct_text_in_chunks(tmp_path, env):
     project = _init(tmp_path, env, "summarizer", "s3-summarizer")
     out, rep = _invoke(project, env, "SummarizeFunction")
@@ -77,6 +74,7 @@ def test_s3_summarizer_summarizes_direct_text_in_chunks(tmp_path, env):
     assert (rep["prompt"], rep["completion"]) == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
 
+@pytest.mark.llama  # the starter is run with its model
 def test_s3_summarizer_reads_and_writes_the_bucket(tmp_path, env, s3_server, s3_bucket):
     import boto3
 
@@ -96,6 +94,7 @@ def test_s3_summarizer_reads_and_writes_the_bucket(tmp_path, env, s3_server, s3_
     assert written == out["summary"]
 
 
+@pytest.mark.llama  # the starter is run with its model
 def test_scheduled_digest_reports_usage_and_budget(tmp_path, env):
     project = _init(tmp_path, env, "digest", "scheduled-digest")
     out, rep = _invoke(project, env, "DigestFunction")

@@ -20,6 +20,7 @@ def _sum(usages: list[dict]) -> tuple[int, int]:
     return (sum(u["prompt_tokens"] for u in usages), sum(u["completion_tokens"] for u in usages))
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_hello_example_reports_its_tokens():
     cp = llmfn("invoke", "HelloFunction", "-e", "-", stdin='{"question": "What is two plus two?"}')
     out = result(cp)
@@ -30,6 +31,7 @@ def test_hello_example_reports_its_tokens():
     assert "Init Duration:" in cp.stderr and "START RequestId:" in cp.stderr and "END RequestId:" in cp.stderr
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_personas_example_sums_every_call(tmp_path):
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"topic": "tea", "max_tokens": 10}))
@@ -42,6 +44,7 @@ def test_personas_example_sums_every_call(tmp_path):
     assert out["llm_usage"]["calls"] == 3  # context.llm_usage saw the same calls
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_langchain_example_needs_no_configuration():
     cp = llmfn("invoke", "SummarizeFunction", "-e", "-", stdin='{"text": "Cats sleep a lot.", "max_tokens": 12}')
     out = result(cp)
@@ -50,6 +53,7 @@ def test_langchain_example_needs_no_configuration():
     assert (rep["prompt"], rep["completion"]) == (out["usage"]["input_tokens"], out["usage"]["output_tokens"])
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_streaming_chat_example_prints_the_stream():
     cp = llmfn("invoke", "ChatFunction", "-e", "-", stdin='{"body": "{\\"message\\": \\"hi\\", \\"max_tokens\\": 8}"}')
     assert cp.returncode == 0, cp.stderr
@@ -58,6 +62,7 @@ def test_streaming_chat_example_prints_the_stream():
     assert rep["calls"] == 1 and 1 <= rep["completion"] <= 8
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_report_equals_the_sum_of_usage_including_streams():
     cp = llmfn("invoke", "CallsFunction", "-e", "-", "--template", APP, stdin='{"n": 2}')
     out = result(cp)
@@ -69,6 +74,7 @@ def test_report_equals_the_sum_of_usage_including_streams():
     assert (out["so_far"]["prompt_tokens"], out["so_far"]["completion_tokens"]) == _sum(out["usages"])
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_async_handler():
     out_cp = llmfn("invoke", "AsyncFunction", "--template", APP)
     out = result(out_cp)
@@ -77,6 +83,7 @@ def test_async_handler():
     assert (rep["prompt"], rep["completion"]) == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_context_fields_layers_and_env_vars(tmp_path):
     env_vars = tmp_path / "env.json"
     env_vars.write_text(json.dumps({"PidFunction": {"GREETING": "overridden"}}))
@@ -90,6 +97,7 @@ def test_context_fields_layers_and_env_vars(tmp_path):
     assert reports(cp.stderr)[0]["id"] == out["request_id"]
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_handler_exception_is_a_lambda_error():
     cp = llmfn("invoke", "BoomFunction", "--template", APP, "-e", "-", stdin='{"x": 7}')
     out = result(cp)
@@ -98,6 +106,7 @@ def test_handler_exception_is_a_lambda_error():
     assert len(reports(cp.stderr)) == 1
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_timeout_fails_the_invocation():
     cp = llmfn("invoke", "SleepyFunction", "--template", APP, "-e", "-", stdin='{"seconds": 30}')
     out = result(cp)
@@ -105,12 +114,14 @@ def test_timeout_fails_the_invocation():
     assert "Task timed out after 1.00 seconds" in out["errorMessage"]
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_import_error_is_reported():
     out = result(llmfn("invoke", "BrokenFunction", "--template", APP))
     assert out["errorType"] == "Runtime.ImportModuleError"
     assert "no_such_module" in out["errorMessage"]
 
 
+@pytest.mark.llama  # llmfn invoke serves the model
 def test_disallowed_model_is_403_inside_the_function():
     out = result(llmfn("invoke", "ForbiddenFunction", "--template", APP))
     assert out["status"] == 403 and out["type"] == "permission_error"

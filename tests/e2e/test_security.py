@@ -23,6 +23,9 @@ from runtime.pool.protocol import HEADER, Kind, frame, json_frame
 from tests.support.cli import Server, llmfn
 from tests.support.gateway import call
 
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
+
 MODEL = "gemma3-270m"
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"

@@ -9,6 +9,7 @@ import sys
 import time
 
 import openai
+import pytest
 
 
 def _start(args, env_extra=None):
@@ -28,6 +29,7 @@ def _start(args, env_extra=None):
     raise AssertionError("serve did not start:\n" + "".join(lines))
 
 
+@pytest.mark.llama  # llmfn serve starts the pool
 def test_serve_with_model_flag_serves_and_stops_cleanly(model_cache):
     proc, url, _ = _start(["--port", "0", "--model", "tiny=embedded", "--n-ctx", "512",
                            "--idle-timeout", "60"], {"LLMFN_CACHE_DIR": str(model_cache)})
@@ -43,6 +45,7 @@ def test_serve_with_model_flag_serves_and_stops_cleanly(model_cache):
         assert proc.wait(30) == 0
 
 
+@pytest.mark.llama  # llmfn serve starts the pool
 def test_serve_reads_models_from_the_template(model_cache, tmp_path):
     template = tmp_path / "template.yaml"
     template.write_text("""

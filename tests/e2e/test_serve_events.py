@@ -8,8 +8,12 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 
 from tests.support.cli import Server, wait_until
+
+# every test here starts an llmfn command that serves the embedded model (its pool's workers)
+pytestmark = pytest.mark.llama
 
 APP = Path(__file__).parent / "events_app"
 

@@ -24,9 +24,8 @@ from runtime.gateway.auth import Principal
 from runtime.gateway.charging import ACCOUNTING
 from runtime.gateway.state import POOLS
 from runtime.pool import ModelStore
-from tests.integration.conftest import MODEL
 from tests.support.cli import wait_until
-from tests.support.gateway import call, model
+from tests.support.gateway import MODEL, call, model
 
 ADMIN = "admin-secret-key"
 
@@ -65,9 +64,7 @@ def test_ledger_rows_for_success_and_each_failure(make_gateway, data):
     t = threading.Thread(target=lambda: result.update(r=call(
         f"{url}/v1/completions", {"model": MODEL, "prompt": "Story:", "max_tokens": 900})))
     t.start()
-    deadline = time.monotonic() + 30
-    while gw.pool_status(MODEL)["in_flight"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: gw.pool_status(MODEL)["in_flight"], 30)
     time.sleep(0.3)
     os.kill(gw.pool_status(MODEL)["pids"][0], signal.SIGKILL)
     t.join(60)
@@ -100,10 +97,7 @@ def test_abandoned_stream_records_the_tokens_generated(make_gateway, data):
         if line.startswith(b"data: {"):
             seen += 1
     conn.close()  # the client goes away mid-stream
-    deadline = time.monotonic() + 20
-    while gw.pool_status(MODEL)["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gw.pool_status(MODEL)["in_flight"] == 0  # the slot was freed
+    wait_until(lambda: gw.pool_status(MODEL)["in_flight"] == 0, 20, message="the slot was never freed")
     gw.__exit__(None, None, None)
     [row] = _rows(data["ledger_path"])
     assert row["status"] == "failure" and row["error_type"] == "cancelled"

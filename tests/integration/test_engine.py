@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
@@ -15,8 +14,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from runtime.pool import ModelStore
-from tests.integration.conftest import MODEL
-from tests.support.gateway import GatewayThread, call, model
+from tests.support.cli import wait_until
+from tests.support.gateway import MODEL, GatewayThread, call, model
 
 pytestmark = pytest.mark.llama
 
@@ -117,9 +116,7 @@ def test_cancelled_stream_frees_its_sequence_at_once(make_gateway):
         if i == 3:
             break
     stream.close()
-    deadline = time.monotonic() + 10
-    while engine_stats(gw)["processing"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not engine_stats(gw)["processing"], 10)
     stats = engine_stats(gw)
     assert stats["processing"] == 0
     predicted = stats["predicted_tokens"]

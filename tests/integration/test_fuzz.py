@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.integration.conftest import MODEL
 from tests.support.cli import Server
-from tests.support.gateway import call
+from tests.support.gateway import MODEL, call
 
 pytestmark = [pytest.mark.llama, pytest.mark.timeout(900)]
 

@@ -8,8 +8,7 @@ import struct
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL
-from tests.support.gateway import call
+from tests.support.gateway import MODEL, call
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 

@@ -12,9 +12,8 @@ import boto3
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL
 from tests.support.cli import wait_until
-from tests.support.gateway import call, model
+from tests.support.gateway import MODEL, call, model
 
 
 def _sdk(gw) -> openai.OpenAI:

@@ -12,6 +12,7 @@ import pytest
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Rule, S3Trigger
+from tests.support.cli import wait_until_async
 
 
 class RecordingSubmit:
@@ -64,7 +65,7 @@ async def test_matching_objects_trigger_once_each(s3, s3_server, s3_bucket, stor
         await asyncio.to_thread(s3.put_object, Bucket=s3_bucket, Key="incoming/my notes.txt", Body=b"beta")
         await asyncio.to_thread(s3.put_object, Bucket=s3_bucket, Key="incoming/skip.csv", Body=b"no")
         await asyncio.to_thread(s3.put_object, Bucket=s3_bucket, Key="other/c.txt", Body=b"no")
-        await asyncio.wait_for(_until(lambda: len(submit.calls) >= 2), 10)
+        await wait_until_async(lambda: len(submit.calls) >= 2, 10)
         await trigger.poll_once()
         await trigger.poll_once()
     finally:
@@ -207,8 +208,3 @@ async def test_polling_does_not_block_the_event_loop(s3, s3_server, s3_bucket, s
 def _version(s3, bucket: str, key: str) -> str:
     head = s3.head_object(Bucket=bucket, Key=key)
     return f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
-
-
-async def _until(predicate):
-    while not predicate():
-        await asyncio.sleep(0.02)

@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from moto.core import enable_iam_authentication
 
 from runtime.errors import ModelUnavailable
 from runtime.pool.store import FetchResult, ModelStore
+from tests.support.cli import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
@@ -32,12 +32,6 @@ def fake_gguf(size: int = 3 * MB) -> bytes:
 
 def put(endpoint: str, bucket: str, key: str, data: bytes) -> None:
     boto3.client("s3", endpoint_url=endpoint).put_object(Bucket=bucket, Key=key, Body=data)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Tests that expect a failure need no retries with backoff.
@@ -148,7 +142,7 @@ async def test_bad_credentials_never_leak(s3_server, s3_bucket, tmp_path):
 
 
 async def test_unreachable_endpoint(s3_server, tmp_path):
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     store = ModelStore(tmp_path, s3_endpoint_url=endpoint, s3_options=ONE_TRY,
                        show_progress=False)
     with pytest.raises(ModelUnavailable) as caught:
@@ -162,7 +156,7 @@ async def test_unreachable_endpoint_serves_the_cached_copy(s3_server, s3_bucket,
     put(s3_server, s3_bucket, "off.gguf", data)
     source = f"s3://{s3_bucket}/off.gguf"
     await ModelStore(tmp_path, s3_endpoint_url=s3_server, show_progress=False).fetch("m", source)
-    offline = ModelStore(tmp_path, s3_endpoint_url=f"http://127.0.0.1:{closed_port()}",
+    offline = ModelStore(tmp_path, s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
                          s3_options=ONE_TRY, show_progress=False)
     result = await offline.fetch("m", source)
     assert not result.downloaded and result.path.read_bytes() == data

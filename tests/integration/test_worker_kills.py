@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import pytest
 
 from runtime.accounting.keys import KeyStore
-from tests.integration.conftest import MODEL
-from tests.support.gateway import call, model
+from tests.support.cli import wait_until
+from tests.support.gateway import MODEL, call, model
 
 ADMIN = "admin-secret-key"
 KILLS = 20
@@ -71,25 +71,17 @@ class Client(threading.Thread):
             conn.close()
 
 
-def _worker_pid(url: str, killed: set[int], deadline: float) -> int | None:
-    while time.monotonic() < deadline:
-        pools = call(f"{url}/admin/pools", method="GET",
-                     headers={"Authorization": f"Bearer {ADMIN}"}).json()
-        pids = [p for p in pools[MODEL]["pids"] if p not in killed]
-        if pids:
-            return pids[0]
-        time.sleep(0.02)
-    return None
+def _worker_pid(url: str, killed: set[int]) -> int | None:
+    pools = call(f"{url}/admin/pools", method="GET",
+                 headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    pids = [p for p in pools[MODEL]["pids"] if p not in killed]
+    return pids[0] if pids else None
 
 
-def _mid_stream(clients: list[Client], since: float, deadline: float) -> bool:
-    """Wait until a stream sent after ``since`` (the last kill) is well under way."""
-    while time.monotonic() < deadline:
-        if any(c.current["started"] > since and c.current["chunks"] >= 3 and "end" not in c.current
-               for c in clients):
-            return True
-        time.sleep(0.01)
-    return False
+def _mid_stream(clients: list[Client], since: float) -> bool:
+    """A stream sent after ``since`` (the last kill) is well under way."""
+    return any(c.current["started"] > since and c.current["chunks"] >= 3 and "end" not in c.current
+               for c in clients)
 
 
 @pytest.mark.timeout(600)  # twenty cold starts of a worker, on a CPU that may be shared
@@ -107,9 +99,9 @@ def test_twenty_worker_kills_mid_stream_each_end_cleanly_and_are_all_recorded(ma
     try:
         for _ in range(KILLS):
             deadline = time.monotonic() + 120
-            assert _mid_stream(clients, last_kill, deadline), "no stream got under way (no recovery)"
-            pid = _worker_pid(gw.url, killed, deadline)
-            assert pid is not None
+            wait_until(lambda: _mid_stream(clients, last_kill), deadline - time.monotonic(), step=0.01,
+                       message="no stream got under way (no recovery)")
+            pid = wait_until(lambda: _worker_pid(gw.url, killed), deadline - time.monotonic(), step=0.02)
             os.kill(pid, signal.SIGKILL)
             killed.add(pid)
             last_kill = time.monotonic()

@@ -1,11 +1,13 @@
 """Running the ``llmfn`` CLI as a user does, for the end-to-end tests."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,16 +37,38 @@ def need_binary(binary: str) -> str:
     return path
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (until someone binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-def wait_until(predicate, timeout: float = 30.0, step: float = 0.05):
-    """Poll until ``predicate()`` is truthy; its value, or an AssertionError after ``timeout``."""
+
+def wait_until(predicate, timeout: float = 30.0, step: float = 0.05, message: str = "condition not met in time"):
+    """Poll until ``predicate()`` is truthy: its value, or an AssertionError(``message``)
+    after ``timeout`` seconds. The one way the tests wait for something to happen."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message)
         time.sleep(step)
-    raise AssertionError("condition not met in time")
+
+
+async def wait_until_async(predicate, timeout: float = 30.0, step: float = 0.02,
+                           message: str = "condition not met in time"):
+    """``wait_until`` for a test on the event loop: sleeps with ``asyncio.sleep`` so the
+    tasks it waits for keep running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message)
+        await asyncio.sleep(step)
 
 
 def reports(stderr: str) -> list[dict]:
@@ -84,13 +108,8 @@ class Server:
         return "".join(self.lines)
 
     def wait_for(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.stderr)
-            if m:
-                return m
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not in output")
+        return wait_until(lambda: re.search(pattern, self.stderr), timeout,
+                          message=f"{pattern!r} not in output")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

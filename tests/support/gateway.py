@@ -17,6 +17,7 @@ from runtime.pool import ModelStore
 
 
 ADMIN_KEY = "sk-test-admin"
+MODEL = "gemma3-270m"  # the embedded GGUF every test model is
 
 
 class GatewayThread:
@@ -62,7 +63,7 @@ class GatewayThread:
                     headers={"Authorization": f"Bearer {self.config.admin_key}"}).json()[model]
 
 
-def model(name: str = "gemma3-270m", source: str = "embedded", **pool: Any) -> ModelConfig:
+def model(name: str = MODEL, source: str = "embedded", **pool: Any) -> ModelConfig:
     pool.setdefault("n_ctx", 1024)
     pool.setdefault("n_threads", 2)
     return ModelConfig(name=name, source=source, pool=PoolConfig(**pool))

@@ -19,18 +19,12 @@ from runtime.gateway.grammar import (
     response_format_grammar,
     schema_grammar,
 )
-from tests.support.grammar_check import GrammarChecker, embedded_tokenizer
 
 PARAM = "response_format.json_schema.schema"
 
 
 def _json_schema(schema: dict, name: str = "answer") -> dict:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def checker(tmp_path_factory) -> GrammarChecker:
-    return GrammarChecker(embedded_tokenizer(str(tmp_path_factory.getbasetemp() / "grammar-models")))
 
 
 # -- what response_format asks for ----------------------------------------------

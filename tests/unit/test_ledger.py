@@ -23,6 +23,7 @@ from runtime.accounting.reports import parse_period, render_text
 from runtime.gateway.auth import Principal
 from runtime.accounting.status import CallStatus
 from runtime.gateway.calls import CallRecord
+from tests.support.cli import wait_until
 
 DAY = 86400.0
 
@@ -84,14 +85,11 @@ def test_the_writer_thread_writes_without_a_flush(tmp_path):
     try:
         ledger.record(row())
         # read on a separate connection, which does not flush
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def written() -> bool:
             with closing(sqlite3.connect(tmp_path / "ledger.db")) as conn:
-                if conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1:
-                    break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the writer thread never wrote the row")
+                return conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
+
+        wait_until(written, 10, step=0.01, message="the writer thread never wrote the row")
     finally:
         ledger.close()
 
@@ -271,9 +269,7 @@ def test_the_write_backlog_is_bounded(tmp_path, monkeypatch):
     commit = ledger._commit
     monkeypatch.setattr(ledger, "_commit", lambda ops, progress: (gate.wait(10), commit(ops, progress)))
     first = ledger.admit(admitted("first"))  # the writer takes it and blocks on the disk
-    deadline = time.monotonic() + 5
-    while ledger._ops and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not ledger._ops, 5, step=0.01)
     queued = [ledger.admit(admitted(f"c{i}")) for i in range(5)]
     with pytest.raises(LedgerUnavailable, match="behind"):
         ledger.admit(admitted("one too many"))

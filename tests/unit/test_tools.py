@@ -20,7 +20,7 @@ from runtime.gateway.tools import (
     parse_tool_calls,
     plan_tools,
 )
-from tests.support.grammar_check import GrammarChecker, embedded_tokenizer
+from tests.support.grammar_check import embedded_tokenizer
 
 TEMPLATES = Path(__file__).parent.parent / "fixtures" / "chat_templates"
 QWEN = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
@@ -59,16 +59,6 @@ def _plan(fmt: ToolFormat, tool_choice="auto", parallel=True, tools=TOOLS, messa
 
 def _calls(parsed: ParsedOutput) -> list[tuple[str, dict]]:
     return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed.tool_calls]
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.getbasetemp() / "grammar-models")
-
-
-@pytest.fixture(scope="module")
-def checker(cache_dir) -> GrammarChecker:
-    return GrammarChecker(embedded_tokenizer(cache_dir))
 
 
 # -- formats --------------------------------------------------------------------
@@ -485,9 +475,9 @@ def test_tool_parameters_with_defs_from_pydantic_are_enforced(checker):
     (None, 'assistant: {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}]}\n',
      "tool: 21 degrees, sunny\n"),
 ], ids=["qwen2.5", "llama3.1", "fallback"])
-def test_multi_turn_tool_conversation_renders_the_call_and_the_result(cache_dir, template, expected_call,
+def test_multi_turn_tool_conversation_renders_the_call_and_the_result(model_cache, template, expected_call,
                                                                       expected_result):
-    tokenizer = embedded_tokenizer(cache_dir, template)
+    tokenizer = embedded_tokenizer(str(model_cache), template)
     plan = plan_tools(TOOLS, "auto", True, CONVERSATION, detect_format(tokenizer.chat_template))
     prompt = tokenizer.render_prompt(plan.messages, plan.tools_for_template)
     assert expected_call in prompt and expected_result in prompt

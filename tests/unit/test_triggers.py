@@ -15,6 +15,7 @@ from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Rule, s3_rules
 from runtime.app.schedules import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
 from runtime.triggers.schedule import Scheduler, schedule_entries
+from tests.support.cli import wait_until_async
 
 BASE_DELAY = 0.05
 
@@ -436,7 +437,7 @@ async def test_scheduler_fires_enabled_entries_and_skips_disabled_ones():
     scheduler = Scheduler([on, off, with_input], submit)
     await scheduler.start()
     try:
-        await asyncio.wait_for(_until(lambda: {c[2].split(":")[2] for c in submit.calls} >= {"Tick", "In"}), 5)
+        await wait_until_async(lambda: {c[2].split(":")[2] for c in submit.calls} >= {"Tick", "In"}, 5)
     finally:
         await scheduler.close()
     events = {eid.split(":")[2]: (function, event) for function, event, eid in submit.calls}
@@ -456,11 +457,6 @@ async def test_a_firing_is_submitted_once_even_if_fired_twice():
     noon = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
     assert await scheduler.fire(entry, noon) is True
     assert await scheduler.fire(entry, noon) is False  # e.g. a restart inside the same minute
-
-
-async def _until(predicate):
-    while not predicate():
-        await asyncio.sleep(0.02)
 
 
 # --- S3 rules from the template ---------------------------------------------------

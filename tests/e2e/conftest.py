@@ -1,1 +1,0 @@
-from tests.integration.conftest import model_cache  # noqa: F401  (shared session fixture)

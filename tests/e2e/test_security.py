@@ -352,7 +352,7 @@ def _answer(path: Path, first: bytes) -> bytes:
             return s.recv(HEADER.size)  # b"": hung up
         except ConnectionResetError:
             return b""  # hung up with our stats request unread
-        except socket.timeout:
+        except TimeoutError:
             return b"no answer, still connected"
 
 

@@ -72,6 +72,7 @@ Resources:
         assert proc.wait(30) == 0
 
 
+@pytest.mark.llama
 def test_pool_flags_override_the_templates_pool(model_cache, tmp_path):
     template = tmp_path / "template.yaml"
     template.write_text("Metadata:\n  llmfn:\n    models:\n      small-chat:\n        pool: {n_ctx: 256}\n"

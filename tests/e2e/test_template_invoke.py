@@ -20,12 +20,14 @@ def _model_cache(model_cache, monkeypatch):
     monkeypatch.setenv("LLMFN_CACHE_DIR", str(model_cache))
 
 
+@pytest.mark.llama
 def test_the_function_sees_its_environment_resolved_from_the_template():
     out = result(llmfn("invoke", "EnvFunction", "--template", str(APP / "template.yaml")))
     assert out == {"MESSAGE": "hello from us-east-1, bucket docsbucket", "BUCKET_ARN": "arn:aws:s3:::docsbucket",
                    "MODE": "cheap", "FROM_GLOBALS": "shared"}
 
 
+@pytest.mark.llama
 def test_parameter_overrides_reach_the_function():
     out = result(llmfn("invoke", "EnvFunction", "--template", str(APP / "template.yaml"),
                        "--parameter-overrides", "Greeting=hi Stage=prod"))

@@ -266,6 +266,7 @@ async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url
     await restarted.counters.close()
 
 
+@pytest.mark.llama
 async def test_an_embeddings_call_whose_client_leaves_gives_its_reservation_back(model_cache, tmp_path,
                                                                                aiohttp_client):
     # The test server cancels a handler whose client disconnects, as a proxy in front would.

@@ -99,7 +99,7 @@ def test_twenty_worker_kills_mid_stream_each_end_cleanly_and_are_all_recorded(ma
     try:
         for _ in range(KILLS):
             deadline = time.monotonic() + 120
-            wait_until(lambda: _mid_stream(clients, last_kill), deadline - time.monotonic(), step=0.01,
+            wait_until(lambda since=last_kill: _mid_stream(clients, since), deadline - time.monotonic(), step=0.01,
                        message="no stream got under way (no recovery)")
             pid = wait_until(lambda: _worker_pid(gw.url, killed), deadline - time.monotonic(), step=0.02)
             os.kill(pid, signal.SIGKILL)

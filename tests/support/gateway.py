@@ -3,18 +3,17 @@ synchronous clients (the openai SDK, boto3) can call it from a test."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
-
 import json
+import threading
 import urllib.error
 import urllib.request
+from typing import Any
+
 from aiohttp import web
 
 from runtime.app.models import ModelConfig, PoolConfig
 from runtime.gateway import GatewayConfig, build_app
 from runtime.pool import ModelStore
-
 
 ADMIN_KEY = "sk-test-admin"
 MODEL = "gemma3-270m"  # the embedded GGUF every test model is
@@ -43,7 +42,7 @@ class GatewayThread:
         self.loop.run_until_complete(self.runner.cleanup())
         self.loop.close()
 
-    def __enter__(self) -> "GatewayThread":
+    def __enter__(self) -> GatewayThread:
         self._thread.start()
         self._ready.wait(30)
         return self

@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 import pytest
 
 from runtime.triggers.events import SERVICES, generate_event, rule_arn, s3_event, s3_put_record, scheduled_event
 
-MOMENT = datetime(2026, 11, 21, 13, 45, 0, 123456, tzinfo=timezone.utc)
+MOMENT = datetime(2026, 11, 21, 13, 45, 0, 123456, tzinfo=UTC)
 
 
 def test_s3_put_record_shape():

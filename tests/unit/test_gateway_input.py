@@ -133,8 +133,8 @@ def test_more_than_2048_inputs_in_one_request_are_refused(schema, body):
 def test_metrics_label_only_served_models_whatever_name_a_call_carries(tmp_path):
     from prometheus_client import generate_latest
 
-    from runtime.gateway.auth import ANONYMOUS
     from runtime.accounting.status import CallStatus
+    from runtime.gateway.auth import ANONYMOUS
     from runtime.gateway.calls import CallRecord
     from runtime.gateway.metrics import Metrics
     from runtime.pool import Pools

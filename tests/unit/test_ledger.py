@@ -10,7 +10,7 @@ import threading
 import time
 from contextlib import closing
 from dataclasses import astuple
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,10 @@ import pytest
 from runtime.accounting import Ledger, LedgerRow, usage_report
 from runtime.accounting.ledger import COLUMNS, committed
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy
-from runtime.errors import LedgerUnavailable, QuotaExhausted
 from runtime.accounting.reports import parse_period, render_text
-from runtime.gateway.auth import Principal
 from runtime.accounting.status import CallStatus
+from runtime.errors import LedgerUnavailable, QuotaExhausted
+from runtime.gateway.auth import Principal
 from runtime.gateway.calls import CallRecord
 from tests.support.cli import wait_until
 
@@ -29,7 +29,7 @@ DAY = 86400.0
 
 
 def utc(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 JAN1 = utc("2024-01-01T00:00:00")

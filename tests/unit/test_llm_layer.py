@@ -210,7 +210,7 @@ def test_llm_usage_reads_the_gateway_live(gateway):
 def test_llm_usage_with_a_wrong_key_is_refused(gateway):
     context = llmfn_llm.attach(FakeLambdaContext(), base_url=gateway.origin, api_key="sk-wrong-key-123")
     with pytest.raises(openai.AuthenticationError) as err:
-        context.llm_usage.calls
+        context.llm_usage.calls  # noqa: B018 - reading it calls the gateway
     assert "sk-wrong-key-123" not in str(err.value)
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runtime.app import (HttpEvent, S3Event, ScheduleEvent, TemplateError, load_template,
-                         parse_parameter_overrides, parse_template)
+from runtime.app import (
+    HttpEvent,
+    S3Event,
+    ScheduleEvent,
+    TemplateError,
+    load_template,
+    parse_parameter_overrides,
+    parse_template,
+)
 
 
 def function(props: dict | None = None, **extra) -> dict:

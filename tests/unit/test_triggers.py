@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from runtime.app import FunctionSpec, TemplateError, parse_template
+from runtime.app.schedules import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
 from runtime.triggers.asyncinvoke import AsyncConfig, AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Rule, s3_rules
-from runtime.app.schedules import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
 from runtime.triggers.schedule import Scheduler, schedule_entries
 from tests.support.cli import wait_until_async
 
@@ -35,7 +35,7 @@ EVENT = {"Records": [{"s3": {"object": {"key": "in/a.txt"}}}]}
 class FakeInvoke:
     """A fake of the function runtime: answers from a script of outcomes, records every call."""
 
-    def __init__(self, *outcomes: InvokeOutcome, clock: "FakeClock | None" = None, advance: float = 0.0):
+    def __init__(self, *outcomes: InvokeOutcome, clock: FakeClock | None = None, advance: float = 0.0):
         self.outcomes = list(outcomes)
         self.calls: list[tuple[str, dict]] = []
         self.clock, self.advance = clock, advance
@@ -314,7 +314,7 @@ def test_baseline_rows_are_seen_but_never_pending(store):
 
 # --- schedules ------------------------------------------------------------------
 
-MOMENT = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)  # a Thursday
+MOMENT = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # a Thursday
 
 
 def fn(events: dict, resources: dict | None = None) -> dict[str, FunctionSpec]:
@@ -342,10 +342,10 @@ def test_bad_rate_expressions(expression):
 
 def test_rate_fires_on_multiples_of_its_period():
     five = parse_schedule("rate(5 minutes)")
-    assert five.next_after(datetime(2026, 1, 1, 0, 3, 7, tzinfo=timezone.utc)) == datetime(
-        2026, 1, 1, 0, 5, tzinfo=timezone.utc)
-    assert five.next_after(datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc)) == datetime(
-        2026, 1, 1, 0, 10, tzinfo=timezone.utc)
+    assert five.next_after(datetime(2026, 1, 1, 0, 3, 7, tzinfo=UTC)) == datetime(
+        2026, 1, 1, 0, 5, tzinfo=UTC)
+    assert five.next_after(datetime(2026, 1, 1, 0, 5, tzinfo=UTC)) == datetime(
+        2026, 1, 1, 0, 10, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("expression, croniter_form, firings", [
@@ -454,7 +454,7 @@ async def test_a_firing_is_submitted_once_even_if_fired_twice():
     [entry] = schedule_entries(fn({"Noon": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 12 * * ? *)"}}}))
     submit = RecordingSubmit()
     scheduler = Scheduler([entry], submit)
-    noon = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    noon = datetime(2026, 1, 1, 12, tzinfo=UTC)
     assert await scheduler.fire(entry, noon) is True
     assert await scheduler.fire(entry, noon) is False  # e.g. a restart inside the same minute
 

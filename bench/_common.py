@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:  # run as ``python bench/NAME.py``: make ``tests.s
 import aiohttp  # noqa: E402
 
 from runtime.pool import ModelStore  # noqa: E402
-from runtime.settings import GatewaySettings  # noqa: E402
+from runtime.settings import Settings  # noqa: E402
 
 EMBEDDED = "gemma3-270m"  # the name `llmfn serve --model embedded` gives the embedded model
 PROMPT = "The three most useful things to know about the history of the printing press are"
@@ -109,7 +109,7 @@ def bars(rows: Sequence[tuple[str, float]], *, width: int = 50, unit: str = "") 
 
 def default_cache_dir() -> Path:
     """The cache ``llmfn serve`` uses (``LLMFN_CACHE_DIR`` or ~/.cache/llmfn)."""
-    return GatewaySettings().cache_dir
+    return Settings().cache_dir
 
 
 async def embedded_model(cache_dir: Path) -> Path:

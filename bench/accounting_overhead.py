@@ -62,9 +62,9 @@ def serve(args: argparse.Namespace) -> None:
     served until SIGTERM (``web.run_app`` then stops the pool's worker)."""
     from aiohttp import web
 
-    from runtime.app.models import ModelConfig, PoolConfig
     from runtime.gateway import GatewayConfig, build_app
     from runtime.pool import ModelStore
+    from runtime.template.model_spec import ModelConfig, PoolConfig
 
     pool = PoolConfig(min_workers=1, max_workers=1, slots=1, n_ctx=args.n_ctx,
                       n_threads=args.n_threads, idle_timeout=3600)

@@ -45,8 +45,8 @@ from _common import (
     stream_completion,
 )
 
-from runtime.app import load_template
 from runtime.pool import ModelStore
+from runtime.template import load_template
 
 LLMFN, LLAMA_SERVER, LLAMA_CPP_PYTHON = "llmfn", "llama-server", "llama-cpp-python"
 SHARED_LLAMA_SERVER = ROOT.parent / "shared" / "peers" / "llama-server"

@@ -1,7 +1,7 @@
 """The one error hierarchy. Every failure a caller can see is an ``LlmfnError``.
 
 The gateway turns these into the OpenAI error shape in one place
-(``runtime.gateway.errors``); nothing else builds error bodies. Messages
+(``runtime.gateway.http_errors``); nothing else builds error bodies. Messages
 never carry secrets (keys, tokens, credentials).
 """
 from __future__ import annotations
@@ -106,3 +106,8 @@ class UpstreamError(LlmfnError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+
+
+class TemplateError(ValueError):
+    """A template problem, naming its path in the template (``Resources.Fn.Properties.Timeout: ...``).
+    Not an ``LlmfnError``: it stops a command before anything serves."""

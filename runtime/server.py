@@ -23,16 +23,23 @@ from pydantic import ValidationError
 
 from runtime import datadir
 from runtime.accounting.quotas import Limits
-from runtime.app import ModelConfig, PoolConfig, Template, load_template, parse_model_flag, parse_parameter_overrides
 from runtime.embedded_s3 import EmbeddedS3
-from runtime.functions import DeployError, Deployments, FunctionService
+from runtime.functions import DeployError, Deployments, FunctionHost
 from runtime.functions.deployments import BundleLimits
 from runtime.functions.dispatcher import stderr_log
 from runtime.functions.instance import caller_aws_environment
 from runtime.gateway import Gateway, GatewayConfig, build_gateway
-from runtime.gateway.errors import InputLimits
+from runtime.gateway.http_errors import InputLimits
 from runtime.pool import ModelStore
 from runtime.settings import Settings
+from runtime.template import (
+    ModelConfig,
+    PoolConfig,
+    Template,
+    load_template,
+    parse_model_flag,
+    parse_parameter_overrides,
+)
 
 log = logging.getLogger("llmfn")
 
@@ -119,7 +126,7 @@ class Server:
         self.env_vars = load_env_vars(settings.env_vars)
         self.urls: dict[str, str] = {}  # part -> where it listens
         self.gateway: Gateway | None = None
-        self.functions: FunctionService | None = None
+        self.functions: FunctionHost | None = None
         self.events: Any = None  # the asynchronous invoker (S3, schedules, Event invocations)
         self.s3_endpoint_url = settings.s3_endpoint_url
         self.http_routes: list[tuple[str, str, str]] = []
@@ -142,7 +149,7 @@ class Server:
         self.gateway = build_gateway(gateway_config(self._settings(), self.models, self.template,
                                                     self.admin_key))
         self.urls["gateway"] = await self._listen(self.gateway.app, self.settings.port)
-        self.functions = FunctionService(
+        self.functions = FunctionHost(
             self.template.functions, gateway_url=self.gateway_url, tokens=self.gateway.invocations,
             log=self.function_log, env_overrides=self._function_env(), deployments=self._deployments(service))
         await self.functions.start()

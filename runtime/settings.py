@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from runtime.app.models import PoolConfig
+from runtime.template.model_spec import PoolConfig
 
 ENV_PREFIX = "LLMFN_"
 CsvList = Annotated[list[str], NoDecode]  # a flag given again, or one comma-separated variable

@@ -44,14 +44,14 @@ def build_layer(out_dir: str | Path) -> Path:
     return target
 
 
-def sha256_of(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path = build_layer(args[0] if args else DEFAULT_OUT_DIR)
-    print(f"{sha256_of(path)}  {path}")
+    print(f"{file_sha256(path)}  {path}")
     return 0
 
 

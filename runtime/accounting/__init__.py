@@ -1,6 +1,6 @@
 """Accounting: the usage ledger (every LLM call is one row), quotas and rate
 limits, API keys and usage reports, as data. It never serves HTTP and never
-imports the gateway; the gateway (``runtime.gateway.charging``, ``usage``,
+imports the gateway; the gateway (``runtime.gateway.charging``, ``usage_api``,
 ``admin``, ``usage_page``) calls it and serves what it returns.
 
 - ``status``: the words a call is recorded with (caller kind, service type, statuses).

@@ -48,7 +48,7 @@ class Caller(Protocol):
     invocation_id: str | None
 
 
-class CallRecord(Protocol):
+class LedgerCall(Protocol):
     """What the ledger reads of a call (the gateway's ``CallRecord``): accounting
     sits below the gateway and only knows the record's shape."""
     at: float
@@ -122,7 +122,7 @@ class LedgerRow:
     reserved_tokens: int = 0  # what the call reserved at admission (prompt + max tokens)
 
     @classmethod
-    def from_call(cls, record: CallRecord) -> LedgerRow:
+    def from_call(cls, record: LedgerCall) -> LedgerRow:
         status, error_type = ledger_outcome(record.status, record.error)
         service_type = record.principal.kind.service_type
         return cls(

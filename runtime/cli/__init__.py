@@ -8,9 +8,9 @@ import logging
 import os
 import sys
 
-from runtime.app import TemplateError
 from runtime.cli.flags import parser
 from runtime.embedded_s3 import EmbeddedS3Unavailable
+from runtime.template import TemplateError
 
 # Commands that write the data dir: what they create is the service user's alone.
 _PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage"})

@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.app import load_template, parse_parameter_overrides
 from runtime.cli.flags import settings_of
 from runtime.datadir import admin_key, secure
 from runtime.settings import ClientSettings, from_flags
+from runtime.template import load_template, parse_parameter_overrides
 
 
 def keys(args: argparse.Namespace) -> int:
@@ -139,7 +139,7 @@ def usage(args: argparse.Namespace) -> int:
 def deploy(args: argparse.Namespace) -> int:
     import s3fs
 
-    from runtime.deploy import deploy as run_deploy
+    from runtime.cli.deploy import deploy_template
 
     client = from_flags(ClientSettings, args)
     if not client.deploy_bucket:
@@ -149,7 +149,7 @@ def deploy(args: argparse.Namespace) -> int:
     template = load_template(settings.template, parse_parameter_overrides(settings.parameter_overrides))
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": settings.s3_endpoint_url}
                            if settings.s3_endpoint_url else {})
-    run_deploy(template, bucket=client.deploy_bucket, endpoint=client.endpoint, fs=fs,
+    deploy_template(template, bucket=client.deploy_bucket, endpoint=client.endpoint, fs=fs,
                cache_root=settings.cache_dir / "builds", admin_key=admin)
     return 0
 

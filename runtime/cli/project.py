@@ -7,19 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.app import load_template
+from runtime.template import load_template
 
 
 def generate_event(args: argparse.Namespace) -> int:
-    from runtime.triggers.events import generate_event as make
+    from runtime.triggers.events import sample_event
 
     options = {k: v for k in ("bucket", "key", "method", "path", "body") if (v := getattr(args, k))}
-    print(json.dumps(make(args.service, args.event, **options), indent=2))
+    print(json.dumps(sample_event(args.service, args.event, **options), indent=2))
     return 0
 
 
 def init(args: argparse.Namespace) -> int:
-    from runtime.starters import create_project
+    from runtime.cli.starters import create_project
 
     path = create_project(args.name, args.starter)
     print(f"created {path} from the '{args.starter}' starter; next:\n"

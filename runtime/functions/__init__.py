@@ -1,9 +1,9 @@
 """Function instances (processes running the handler, like Lambda execution
 environments), the dispatcher that picks or starts them, the invocation
 context, and the Lambda Runtime API between runtime and instance. Triggers
-call ``FunctionService.invoke``; this package never parses HTTP routes."""
+call ``FunctionHost.invoke``; this package never parses HTTP routes."""
 from runtime.functions.deployments import DeployError, Deployments
 from runtime.functions.dispatcher import Dispatcher, Report, Result
-from runtime.functions.service import FunctionService, StagedBundle
+from runtime.functions.host import FunctionHost, StagedBundle
 
-__all__ = ["DeployError", "Deployments", "Dispatcher", "FunctionService", "Report", "Result", "StagedBundle"]
+__all__ = ["DeployError", "Deployments", "Dispatcher", "FunctionHost", "Report", "Result", "StagedBundle"]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.app.functions import FunctionSpec, TemplateError, with_config
+from runtime.template.function_spec import FunctionSpec, TemplateError, with_config
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIP = {"__pycache__", ".pytest_cache", ".git"}

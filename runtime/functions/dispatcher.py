@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.app.functions import FunctionSpec
 from runtime.functions.instance import FunctionInstance, InstanceState
 from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
-from runtime.gateway.auth import InvocationTokens, InvocationUsage
+from runtime.gateway.auth import InvocationTokens, UsageTally
+from runtime.template.function_spec import FunctionSpec
 
 log = logging.getLogger("llmfn.functions")
 
@@ -29,7 +29,7 @@ class Report:
     memory_size: int
     max_memory_mb: int
     init_duration_ms: float | None
-    llm: InvocationUsage = field(default_factory=InvocationUsage)
+    llm: UsageTally = field(default_factory=UsageTally)
 
     def line(self) -> str:
         parts = [f"REPORT RequestId: {self.request_id}", f"Duration: {self.duration_ms:.2f} ms",

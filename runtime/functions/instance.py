@@ -14,9 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from runtime import bundled
-from runtime.app.functions import FunctionSpec
-from runtime.app.pseudo import LOCAL_REGION
 from runtime.functions.invocation import Invocation
+from runtime.template.function_spec import FunctionSpec
+from runtime.template.pseudo import LOCAL_REGION
 
 
 class InstanceState(StrEnum):

@@ -15,8 +15,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from runtime.app.pseudo import function_arn
 from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
+from runtime.template.pseudo import function_arn
 
 PREFIX = "/i/{iid}/2018-06-01/runtime"
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from runtime.accounting.quotas import Limits
 from runtime.errors import InvalidRequest, NotFound
 from runtime.gateway.charging import ACCOUNTING
-from runtime.gateway.errors import parse_body
+from runtime.gateway.http_errors import parse_body
 from runtime.gateway.schemas import KeyCreateRequest
 from runtime.gateway.state import POOLS
 

@@ -12,16 +12,16 @@ from aiohttp import web
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy, RedisCounters
-from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
 from runtime.gateway.charging import ACCOUNTING, Accounting, QuotaBook
-from runtime.gateway.errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
+from runtime.gateway.http_errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
 from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics
 from runtime.gateway.routes import LLM_ENDPOINTS, add_routes
 from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS, STARTED
 from runtime.pool import ModelStore, Pools
+from runtime.template.model_spec import ModelConfig
 
 
 @dataclass

@@ -78,7 +78,7 @@ class StaticKeys:
 
 
 @dataclass
-class InvocationUsage:
+class UsageTally:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -95,7 +95,7 @@ class InvocationTokens:
     """Tokens scoped to one invocation, and the usage each invocation ran up."""
     _live: dict[bytes, Principal] = field(default_factory=dict)
     _ended: TTLCache = field(default_factory=lambda: TTLCache(maxsize=100_000, ttl=3600))
-    _usage: dict[str, InvocationUsage] = field(default_factory=lambda: collections.defaultdict(InvocationUsage))
+    _usage: dict[str, UsageTally] = field(default_factory=lambda: collections.defaultdict(UsageTally))
 
     def issue(self, function: str, invocation_id: str, models: list[str] | None,
               reads_all_usage: bool = False) -> str:
@@ -105,13 +105,13 @@ class InvocationTokens:
                                                reads_all_usage)
         return token
 
-    def revoke(self, token: str) -> InvocationUsage:
+    def revoke(self, token: str) -> UsageTally:
         """End the token; returns (and forgets) what its invocation used."""
         principal = self._live.pop(_digest(token), None)
         if principal is None:
-            return InvocationUsage()
+            return UsageTally()
         self._ended[_digest(token)] = True
-        return self._usage.pop(principal.invocation_id, InvocationUsage())
+        return self._usage.pop(principal.invocation_id, UsageTally())
 
     def lookup(self, token: str) -> Principal:
         digest = _digest(token)
@@ -131,8 +131,8 @@ class InvocationTokens:
         if error:
             u.errors[error] += 1
 
-    def usage(self, invocation_id: str) -> InvocationUsage:
-        return self._usage.get(invocation_id) or InvocationUsage()
+    def usage(self, invocation_id: str) -> UsageTally:
+        return self._usage.get(invocation_id) or UsageTally()
 
 
 class Authenticator:

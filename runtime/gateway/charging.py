@@ -3,7 +3,7 @@ model (``QuotaBook``), admitting a call (quota, then its ledger row), the
 ledger journal, and ``charge``, the one way an endpoint spends tokens:
 reserve -> record -> settle, whether the call succeeds, fails or is cancelled.
 The arithmetic and the storage live in ``runtime.accounting``; the routes that
-read them in ``runtime.gateway.usage`` and ``runtime.gateway.admin``."""
+read them in ``runtime.gateway.usage_api`` and ``runtime.gateway.admin``."""
 from __future__ import annotations
 
 import logging

@@ -19,9 +19,9 @@ from runtime.accounting.status import CallStatus
 from runtime.errors import ContextLengthExceeded, InvalidRequest
 from runtime.gateway import schemas as s
 from runtime.gateway.charging import ACCOUNTING, charge
-from runtime.gateway.errors import BODY_BYTES, parse_body
+from runtime.gateway.http_errors import BODY_BYTES, parse_body
 from runtime.gateway.state import meter_for, pool_for
-from runtime.pool.embedding import (
+from runtime.pool.embedding_engine import (
     RERANK_TEMPLATE_KEY,
     declared_pooling,
     rerank_prompt,

@@ -20,8 +20,8 @@ from runtime.gateway import schemas as s
 from runtime.gateway import tools as t
 from runtime.gateway.calls import CallMeter
 from runtime.gateway.charging import ACCOUNTING, charge
-from runtime.gateway.errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.grammar import response_format_grammar
+from runtime.gateway.http_errors import BODY_BYTES, LIMITS, REQUEST_ID, parse_body
 from runtime.gateway.sse import EventStream
 from runtime.gateway.state import meter_for, pool_for
 from runtime.pool import ModelPool

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from runtime.gateway import admin, embeddings, generation, models, usage, usage_page
+from runtime.gateway import admin, embeddings, generation, models_api, usage_api, usage_page
 from runtime.gateway import schemas as s
 from runtime.gateway.metrics import metrics
 from runtime.gateway.openapi import Operation, Operations, openapi_document, openapi_path
@@ -43,9 +43,9 @@ _SCORE = Operation("Similarity scores of text pairs", s.ScoreRequest, s.ScoreRes
 _RERANK = Operation("Rerank documents (Cohere/Jina compatible)", s.RerankRequest, s.RerankResponse)
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/v1/models", models.list_models,
+    Route("GET", "/v1/models", models_api.list_models,
           Operation("List models with their pool state", response=s.ModelList)),
-    Route("GET", "/v1/models/{model:.+}", models.get_model,
+    Route("GET", "/v1/models/{model:.+}", models_api.get_model,
           Operation("One model with its pool state", response=s.ModelCard)),
     Route("POST", "/v1/chat/completions", generation.chat_completions, _CHAT, "chat"),
     Route("POST", "/v1/completions", generation.completions, _COMPLETION, "completions"),
@@ -54,13 +54,13 @@ ROUTES: tuple[Route, ...] = (
     *(Route("POST", path, embeddings.score, _SCORE, "score") for path in ("/score", "/v1/score")),
     *(Route("POST", path, embeddings.rerank, _RERANK, "rerank")
       for path in ("/rerank", "/v1/rerank", "/v2/rerank")),
-    Route("GET", "/health", models.health, Operation("Liveness and pool states")),
+    Route("GET", "/health", models_api.health, Operation("Liveness and pool states")),
     Route("GET", "/metrics", metrics, Operation("Prometheus metrics")),
     Route("GET", "/openapi.json", openapi, Operation("This document")),
-    Route("GET", "/v1/usage", usage.usage, Operation("Token usage from the ledger", query=usage.USAGE_QUERY)),
-    Route("GET", "/v1/invocation/quota", usage.invocation_quota,
+    Route("GET", "/v1/usage", usage_api.usage, Operation("Token usage from the ledger", query=usage_api.USAGE_QUERY)),
+    Route("GET", "/v1/invocation/quota", usage_api.invocation_quota,
           Operation("Tokens left to the calling invocation", query=("model",))),
-    Route("GET", "/v1/invocation/usage", usage.invocation_usage,
+    Route("GET", "/v1/invocation/usage", usage_api.invocation_usage,
           Operation("Tokens the calling invocation has used so far")),
     Route("GET", "/admin/pools", admin.pools, Operation("Every pool's state and configuration (admin)")),
     Route("GET", "/admin/keys", admin.list_keys, Operation("List the API keys (admin)")),

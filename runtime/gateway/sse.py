@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from runtime.gateway.errors import REQUEST_ID
+from runtime.gateway.http_errors import REQUEST_ID
 
 
 class EventStream:

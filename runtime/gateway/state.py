@@ -5,7 +5,7 @@ from aiohttp import web
 
 from runtime.gateway.auth import Authenticator, InvocationTokens, principal_of
 from runtime.gateway.calls import Calls
-from runtime.gateway.errors import MODEL_HINT, REQUEST_ID  # noqa: F401 (re-exported)
+from runtime.gateway.http_errors import MODEL_HINT, REQUEST_ID  # noqa: F401 (re-exported)
 from runtime.gateway.metrics import METRICS  # noqa: F401 (re-exported)
 from runtime.pool import Pools
 

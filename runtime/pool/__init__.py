@@ -9,10 +9,10 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from runtime.app.models import ModelConfig
 from runtime.errors import ModelNotFound
 from runtime.pool.pool import Launcher, Lease, ModelPool
 from runtime.pool.store import ModelStore
+from runtime.template.model_spec import ModelConfig
 
 __all__ = ["Launcher", "Lease", "ModelPool", "ModelStore", "Pools"]
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from runtime.app.models import ModelConfig
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
 from runtime.pool.client import ConnectionLost, Event, Text, WorkerClient, WorkerRefused
 from runtime.pool.protocol import Kind
 from runtime.pool.store import FetchResult, ModelStore
 from runtime.pool.tokenizer import ModelTokenizer
+from runtime.template.model_spec import ModelConfig
 
 log = logging.getLogger("llmfn.pool")
 
@@ -51,7 +51,7 @@ class SpareState(StrEnum):
 
 
 @dataclass
-class Worker:
+class WorkerHandle:
     model: str
     state: WorkerState = WorkerState.STARTING
     proc: asyncio.subprocess.Process | None = None
@@ -70,7 +70,7 @@ class Worker:
 class Lease:
     """``n`` sequences of one warm worker, held for one request."""
 
-    def __init__(self, pool: ModelPool, worker: Worker, n: int = 1):
+    def __init__(self, pool: ModelPool, worker: WorkerHandle, n: int = 1):
         self.pool, self.worker, self.n = pool, worker, n
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
@@ -226,11 +226,11 @@ class ModelPool:
         self.name = config.name
         self.store = store
         self.on_cold_start = on_cold_start
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerHandle] = []
         self.tokenizer: ModelTokenizer | None = None
         self.last_cold_start: dict[str, Any] | None = None
         self.cold_starts = 0
-        self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[WorkerHandle]] = collections.deque()
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
         self._prep: asyncio.Task | None = None
@@ -357,7 +357,7 @@ class ModelPool:
         finally:
             self._release(worker, n)
 
-    async def _acquire(self, n: int) -> Worker:
+    async def _acquire(self, n: int) -> WorkerHandle:
         if self._closed:
             raise Overloaded(f"model '{self.name}' is shutting down")
         worker = self._free_worker(n)
@@ -368,7 +368,7 @@ class ModelPool:
             raise Overloaded(f"model '{self.name}': {self.queued} requests already waiting "
                              f"(queue_limit {self.config.pool.queue_limit})", retry_after=2)
         cold = not any(w.state == WorkerState.WARM for w in self.workers)
-        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
         fut.n = n  # type: ignore[attr-defined]
         self._waiters.append(fut)
         self._scale_up()
@@ -393,12 +393,12 @@ class ModelPool:
         finally:
             self._prune_waiters()
 
-    def _free_worker(self, n: int = 1) -> Worker | None:
+    def _free_worker(self, n: int = 1) -> WorkerHandle | None:
         warm = [w for w in self.workers
                 if w.state == WorkerState.WARM and w.in_flight + n <= self.config.pool.slots]
         return min(warm, key=lambda w: w.in_flight) if warm else None
 
-    def _release(self, worker: Worker, n: int = 1) -> None:
+    def _release(self, worker: WorkerHandle, n: int = 1) -> None:
         worker.in_flight = max(0, worker.in_flight - n)
         worker.last_used = time.monotonic()
         self._dispatch()
@@ -431,15 +431,15 @@ class ModelPool:
 
     # ---- workers -------------------------------------------------------------
 
-    def _spawn(self) -> Worker:
-        worker = Worker(model=self.name)
+    def _spawn(self) -> WorkerHandle:
+        worker = WorkerHandle(model=self.name)
         self.workers.append(worker)
         task = asyncio.create_task(self._cold_start(worker), name=f"cold-start:{self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return worker
 
-    async def _cold_start(self, worker: Worker) -> None:
+    async def _cold_start(self, worker: WorkerHandle) -> None:
         t0 = time.monotonic()
         try:
             fetch = self._fetch()
@@ -482,7 +482,7 @@ class ModelPool:
         watcher.add_done_callback(self._tasks.discard)
         self._dispatch()
 
-    async def _launch(self, worker: Worker, path: str) -> dict[str, Any]:
+    async def _launch(self, worker: WorkerHandle, path: str) -> dict[str, Any]:
         """Hand the model to a (spare) interpreter, wait until it is loaded, connect."""
         p = self.config.pool
         worker.proc, spare = await self.launcher.take(engine_spec(path, p) if p.n_gpu_layers == 0 else None)
@@ -509,7 +509,7 @@ class ModelPool:
             spare = "spare"  # prepared for another engine: it only saved the interpreter start
         return {**ready, "spare": spare}
 
-    def _start_failed(self, worker: Worker, exc: Exception) -> None:
+    def _start_failed(self, worker: WorkerHandle, exc: Exception) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
         if worker.proc and worker.proc.returncode is None:
@@ -523,7 +523,7 @@ class ModelPool:
                     fut.set_exception(err)
             self._prune_waiters()
 
-    async def _watch(self, worker: Worker) -> None:
+    async def _watch(self, worker: WorkerHandle) -> None:
         code = await worker.proc.wait()
         if worker.client is not None:
             await worker.client.close()
@@ -536,7 +536,7 @@ class ModelPool:
                 self._scale_up()
             self._ensure_min()
 
-    async def worker_failed(self, worker: Worker, exc: BaseException) -> UpstreamError:
+    async def worker_failed(self, worker: WorkerHandle, exc: BaseException) -> UpstreamError:
         dead = False
         if worker.proc is not None:
             try:  # a broken connection usually means the process is exiting: give it a moment
@@ -549,7 +549,7 @@ class ModelPool:
                     type(exc).__name__)
         return UpstreamError(f"model '{self.name}': worker {what} mid-request")
 
-    def note_first_token(self, worker: Worker) -> None:
+    def note_first_token(self, worker: WorkerHandle) -> None:
         cs = worker.cold_start
         if cs is not None and cs["first_token_s"] is None:
             cs["first_token_s"] = round(time.monotonic() - worker.ready_at + cs["ready_s"], 4)
@@ -584,7 +584,7 @@ class ModelPool:
             except (TimeoutError, ConnectionLost, WorkerRefused, ConnectionError):
                 pass
 
-    async def _stop_worker(self, worker: Worker) -> None:
+    async def _stop_worker(self, worker: WorkerHandle) -> None:
         worker.state = WorkerState.DRAINING
         if worker.client is not None:
             await worker.client.close()

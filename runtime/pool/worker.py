@@ -23,9 +23,9 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from runtime.app.models import PoolConfig  # noqa: E402
 from runtime.pool import engine as eng  # noqa: E402  (imports llama.cpp)
 from runtime.pool.protocol import HEADER, MAX_PAYLOAD, Kind, json_frame, text_frame  # noqa: E402
+from runtime.template.model_spec import PoolConfig  # noqa: E402
 
 IMPORT_S = time.monotonic() - T0
 
@@ -232,7 +232,7 @@ class Worker:
 
     def embedder(self):
         if self._embedder is None:
-            from runtime.pool.embedding import Embedder
+            from runtime.pool.embedding_engine import Embedder
             self._embedder = Embedder(self.model.ptr, n_ctx=self.cfg["n_ctx"],
                                       n_batch=max(self.cfg.get("n_batch", POOL_DEFAULTS.n_batch), self.cfg["n_ctx"]),
                                       n_threads=self.cfg.get("n_threads"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from runtime.app.pseudo import LOCAL_ACCOUNT_ID
+from runtime.template.pseudo import LOCAL_ACCOUNT_ID
 
 DEFAULT_ROUTE = "$default"
 

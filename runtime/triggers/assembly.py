@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.app import Template
-from runtime.functions import FunctionService
+from runtime.functions import FunctionHost
 from runtime.settings import Settings
+from runtime.template import Template
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Trigger, s3_rules
@@ -28,7 +28,7 @@ class Triggers:
     close: Callable[[], Awaitable[None]]
 
 
-def _invoker(functions: FunctionService):
+def _invoker(functions: FunctionHost):
     async def invoke(function: str, event: dict) -> InvokeOutcome:
         result = await functions.invoke(function, event)
         async for _ in result.outcome.stream():
@@ -63,7 +63,7 @@ def _put(fs, bucket: str, key: str, data: bytes) -> None:
     fs.pipe_file(f"{bucket}/{key}", data)
 
 
-async def start_triggers(template: Template, settings: Settings, functions: FunctionService, *,
+async def start_triggers(template: Template, settings: Settings, functions: FunctionHost, *,
                          s3_endpoint_url: str | None, s3_filesystem: Callable[[], Any]) -> Triggers:
     """The delivery store and the asynchronous invoker (which the Invoke API's Event
     invocations use too), then the S3 and schedule triggers."""

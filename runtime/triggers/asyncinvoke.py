@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from runtime.app.events import MAX_EVENT_AGE_S, MAX_RETRY_ATTEMPTS, InvokeConfigSpec
-from runtime.app.pseudo import LOCAL_ACCOUNT_ID
+from runtime.template.event_spec import MAX_EVENT_AGE_S, MAX_RETRY_ATTEMPTS, InvokeConfigSpec
+from runtime.template.pseudo import LOCAL_ACCOUNT_ID
 from runtime.triggers.delivery import Delivery, DeliveryStore
 from runtime.triggers.events import DEFAULT_REGION
 

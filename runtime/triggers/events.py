@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
-from runtime.app.pseudo import LOCAL_ACCOUNT_ID, LOCAL_REGION
+from runtime.template.pseudo import LOCAL_ACCOUNT_ID, LOCAL_REGION
 from runtime.triggers.apigw import HttpRequestData, http_api_event, match_route, rest_api_event
 
 DEFAULT_REGION = LOCAL_REGION
@@ -158,7 +158,7 @@ SERVICES: dict[str, list[str]] = {
 }
 
 
-def generate_event(service: str, event: str | None = None, **options: Any) -> dict[str, Any]:
+def sample_event(service: str, event: str | None = None, **options: Any) -> dict[str, Any]:
     """A sample event, as ``llmfn generate-event SERVICE EVENT --option value`` prints it.
 
     ``event`` may be left out when the service has one kind of event. Options

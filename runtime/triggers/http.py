@@ -11,26 +11,26 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from runtime.app import FunctionSpec, HttpEvent
-from runtime.functions import FunctionService
+from runtime.functions import FunctionHost
 from runtime.functions.invocation import Outcome
+from runtime.template import FunctionSpec, HttpEvent
 from runtime.triggers import apigw
 
-SERVICE = web.AppKey("functions", FunctionService)
+SERVICE = web.AppKey("functions", FunctionHost)
 ROUTES = web.AppKey("routes", list)
 PRELUDE_TYPE = "application/vnd.awslambda.http-integration-response"
 
 
 @dataclass(frozen=True)
-class Route:
+class HttpRoute:
     method: str
     path: str  # API Gateway path template, or $default
     function: str
     kind: str  # "HttpApi" | "Api"
 
 
-def routes_of(functions: dict[str, FunctionSpec]) -> list[Route]:
-    return [Route(ev.method, ev.path, spec.name, ev.type)
+def routes_of(functions: dict[str, FunctionSpec]) -> list[HttpRoute]:
+    return [HttpRoute(ev.method, ev.path, spec.name, ev.type)
             for spec in functions.values() for ev in spec.events if isinstance(ev, HttpEvent)]
 
 
@@ -51,7 +51,7 @@ def _to_response(data: apigw.HttpResponseData) -> web.Response:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    routes: list[Route] = request.app[ROUTES]
+    routes: list[HttpRoute] = request.app[ROUTES]
     data = await _request_data(request)
     match = apigw.match_route([(r.method, r.path) for r in routes], data.method, data.path)
     if match is None:
@@ -77,7 +77,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return _to_response(mapped)
 
 
-def _failure(route: Route) -> apigw.HttpResponseData:
+def _failure(route: HttpRoute) -> apigw.HttpResponseData:
     # What API Gateway answers when the integration (the function) fails.
     if route.kind == "HttpApi":
         return apigw.HttpResponseData(500, [("Content-Type", "application/json")],
@@ -111,7 +111,7 @@ async def _stream(request: web.Request, outcome: Outcome) -> web.StreamResponse:
     return resp
 
 
-def build_http_api(functions: dict[str, FunctionSpec], service: FunctionService):
+def build_http_api(functions: dict[str, FunctionSpec], service: FunctionHost):
     app = web.Application(client_max_size=10 * 1024 * 1024)
     app[SERVICE] = service
     app[ROUTES] = routes_of(functions)

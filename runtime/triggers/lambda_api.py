@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from runtime.app.pseudo import function_arn
 from runtime.errors import AuthenticationFailed, LlmfnError
-from runtime.functions import DeployError, FunctionService, StagedBundle
+from runtime.functions import DeployError, FunctionHost, StagedBundle
 from runtime.gateway.auth import Authenticator, bearer_token
+from runtime.template.pseudo import function_arn
 from runtime.triggers.asyncinvoke import AsyncInvoker, QueueFull
 
-SERVICE = web.AppKey("functions", FunctionService)
+SERVICE = web.AppKey("functions", FunctionHost)
 _BACKGROUND = web.AppKey("background", set)
 _EVENTS = web.AppKey("events", object)  # the AsyncInvoker, or None in the emulator
 CLIENT_CONTEXT_MAX = 3583  # Lambda's limit on the base64 text
@@ -117,7 +117,7 @@ async def _accept_event(request: web.Request, name: str, payload: bytes) -> web.
     return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
 
 
-def _run_in_memory(app: web.Application, service: FunctionService, name: str, payload: bytes) -> None:
+def _run_in_memory(app: web.Application, service: FunctionHost, name: str, payload: bytes) -> None:
     """The emulator (no data dir, no delivery store): a bounded set of background runs."""
     background = app[_BACKGROUND]
     if len(background) >= IN_MEMORY_EVENT_LIMIT:
@@ -228,7 +228,7 @@ _FETCH = web.AppKey("fetch", object)
 _AUTH = web.AppKey("auth", Authenticator)
 
 
-def build_lambda_api(service: FunctionService, auth: Authenticator, *, fetch: Fetch | None = None,
+def build_lambda_api(service: FunctionHost, auth: Authenticator, *, fetch: Fetch | None = None,
                      events: AsyncInvoker | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth_middleware], client_max_size=6 * 1024 * 1024)
     app[SERVICE] = service

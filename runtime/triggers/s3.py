@@ -40,7 +40,7 @@ from typing import Any
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
-from runtime.app import FunctionSpec, S3Event
+from runtime.template import FunctionSpec, S3Event
 from runtime.triggers.delivery import DeliveryStore, Submit
 from runtime.triggers.events import s3_event, s3_put_record
 

@@ -1,6 +1,6 @@
 """Schedule triggers: a function's ``Schedule`` events (EventBridge rules), fired
 at the times of their ``rate(...)`` and ``cron(...)`` expressions (the grammar
-is ``runtime.app.schedules``).
+is ``runtime.template.schedule_expressions``).
 
 Firings missed while the service was down are not caught up (EventBridge
 does not either). Each firing is handed to ``submit`` with the event id
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.app import FunctionSpec, ScheduleEvent
-from runtime.app.schedules import Schedule, parse_schedule
+from runtime.template import FunctionSpec, ScheduleEvent
+from runtime.template.schedule_expressions import Schedule, parse_schedule
 from runtime.triggers.delivery import Submit
 from runtime.triggers.events import rule_arn, scheduled_event
 

@@ -192,7 +192,7 @@ def test_keys_admin_routes_and_revocation(make_gateway, data):
 
 
 def test_model_default_limits_apply_to_every_caller(make_gateway, data):
-    from runtime.app.models import ModelConfig, ModelLimits, PoolConfig
+    from runtime.template.model_spec import ModelConfig, ModelLimits, PoolConfig
 
     limited = ModelConfig(name=MODEL, limits=ModelLimits(rpm=2), pool=PoolConfig(n_ctx=512, n_threads=2))
     store = KeyStore(data["keys_path"])

@@ -11,7 +11,7 @@ from llama_cpp import Llama
 from llama_cpp import llama_cpp as L
 
 from runtime.pool import ModelStore
-from runtime.pool.embedding import (
+from runtime.pool.embedding_engine import (
     Embedder,
     declared_pooling,
     rerank_prompt,

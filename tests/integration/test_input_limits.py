@@ -128,7 +128,7 @@ def _answered_promptly(took: float, waits: list[float]) -> None:
 def long_context(model_cache):
     """A gateway whose context is long enough that megabytes of prompt must be tokenized
     to be counted (nothing is generated: every prompt here is over it)."""
-    from runtime.gateway.errors import InputLimits
+    from runtime.gateway.http_errors import InputLimits
     from runtime.pool import ModelStore
     from tests.support.gateway import GatewayThread, model
 

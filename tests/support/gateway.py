@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.app.models import ModelConfig, PoolConfig
 from runtime.gateway import GatewayConfig, build_app
 from runtime.pool import ModelStore
+from runtime.template.model_spec import ModelConfig, PoolConfig
 
 ADMIN_KEY = "sk-test-admin"
 MODEL = "gemma3-270m"  # the embedded GGUF every test model is

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.app.functions import FunctionSpec, TemplateError, with_config
-from runtime.app.template import parse_template
 from runtime.functions.deployments import BundleLimits, DeployError, sha256_of, unpack
 from runtime.functions.instance import FunctionInstance, caller_aws_environment
+from runtime.template.function_spec import FunctionSpec, TemplateError, with_config
+from runtime.template.reader import parse_template
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome, QueueFull
 from runtime.triggers.delivery import DeliveryStore
 

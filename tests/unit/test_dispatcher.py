@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from runtime.app.functions import FunctionLlm, FunctionSpec
 from runtime.functions.dispatcher import Dispatcher
 from runtime.functions.invocation import Outcome
 from runtime.gateway.auth import InvocationTokens
+from runtime.template.function_spec import FunctionLlm, FunctionSpec
 from tests.support.cli import wait_until_async
 
 PIDS = itertools.count(70_000)

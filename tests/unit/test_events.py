@@ -9,7 +9,7 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from runtime.triggers.events import SERVICES, generate_event, rule_arn, s3_event, s3_put_record, scheduled_event
+from runtime.triggers.events import SERVICES, rule_arn, s3_event, s3_put_record, sample_event, scheduled_event
 
 MOMENT = datetime(2026, 11, 21, 13, 45, 0, 123456, tzinfo=UTC)
 
@@ -79,7 +79,7 @@ def test_services_listing():
 
 
 def test_generate_apigateway_http():
-    event = generate_event("apigateway", "http", method="get", path="users/7", body="hi")
+    event = sample_event("apigateway", "http", method="get", path="users/7", body="hi")
     assert event["version"] == "2.0" and event["routeKey"] == "$default"
     assert event["rawPath"] == "/users/7"
     assert event["requestContext"]["http"]["method"] == "GET"
@@ -90,7 +90,7 @@ def test_generate_apigateway_http():
 
 
 def test_generate_apigateway_aws_proxy():
-    event = generate_event("apigateway", "aws-proxy", method="PUT", path="/path/to/thing")
+    event = sample_event("apigateway", "aws-proxy", method="PUT", path="/path/to/thing")
     assert event["httpMethod"] == "PUT"
     assert event["resource"] == "/{proxy+}"
     assert event["pathParameters"] == {"proxy": "path/to/thing"}
@@ -100,31 +100,31 @@ def test_generate_apigateway_aws_proxy():
 
 
 def test_generate_s3_put_and_schedule():
-    s3 = generate_event("s3", "put", bucket="inbox", key="new file.txt", size="10", etag="abc")
+    s3 = sample_event("s3", "put", bucket="inbox", key="new file.txt", size="10", etag="abc")
     obj = s3["Records"][0]["s3"]["object"]
     assert s3["Records"][0]["s3"]["bucket"]["name"] == "inbox"
     assert (obj["key"], obj["size"], obj["eTag"]) == ("new+file.txt", 10, "abc")
-    scheduled = generate_event("schedule", rule="hourly")
+    scheduled = sample_event("schedule", rule="hourly")
     assert scheduled["resources"] == ["arn:aws:events:us-east-1:123456789012:rule/hourly"]
 
 
 def test_generate_event_accepts_sam_names():
-    assert generate_event("cloudwatch", "scheduled-event")["detail-type"] == "Scheduled Event"
-    assert generate_event("apigateway", "http-api-proxy")["version"] == "2.0"
+    assert sample_event("cloudwatch", "scheduled-event")["detail-type"] == "Scheduled Event"
+    assert sample_event("apigateway", "http-api-proxy")["version"] == "2.0"
 
 
 def test_unknown_service_lists_valid_services():
     with pytest.raises(ValueError, match="unknown service 'sqs'.*apigateway, s3, schedule"):
-        generate_event("sqs", "receive")
+        sample_event("sqs", "receive")
 
 
 def test_unknown_event_lists_valid_events():
     with pytest.raises(ValueError, match="unknown event 'delete'.*put"):
-        generate_event("s3", "delete")
+        sample_event("s3", "delete")
     with pytest.raises(ValueError, match="aws-proxy, http"):
-        generate_event("apigateway")  # more than one kind: the event must be named
+        sample_event("apigateway")  # more than one kind: the event must be named
 
 
 def test_unknown_option_lists_valid_options():
     with pytest.raises(ValueError, match="colour.*bucket, key, size, etag"):
-        generate_event("s3", "put", colour="red")
+        sample_event("s3", "put", colour="red")

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from runtime.gateway import GatewayConfig, build_app
-from runtime.gateway.errors import LIMITS, InputLimits, errors_middleware, parse_body
+from runtime.gateway.http_errors import LIMITS, InputLimits, errors_middleware, parse_body
 from runtime.gateway.openapi import openapi_document
 from runtime.gateway.routes import OPERATIONS
 from runtime.pool import ModelStore

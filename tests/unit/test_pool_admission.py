@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.app.models import ModelConfig, PoolConfig
 from runtime.errors import ModelLoading, ModelUnavailable, Overloaded
 from runtime.pool import ModelPool
 from runtime.pool.store import FetchResult
+from runtime.template.model_spec import ModelConfig, PoolConfig
 from tests.support.cli import wait_until_async
 
 PIDS = itertools.count(90_000)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runtime.app import parse_model_flag
-from runtime.app.template import TemplateError, load_template, parse_template
 from runtime.errors import ContextLengthExceeded, Overloaded, QuotaExhausted, RateLimited
 from runtime.gateway import schemas as s
 from runtime.pool.engine import _find_stop, _partial_stop_len
+from runtime.template import parse_model_flag
+from runtime.template.reader import TemplateError, load_template, parse_template
 
 
 def test_completion_prompt_forms():

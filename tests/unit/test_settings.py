@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from runtime import cli
-from runtime.app.template import parse_template
 from runtime.server import served_models
 from runtime.settings import PoolSettings, Settings, from_flags
+from runtime.template.reader import parse_template
 
 
 def _help(command: str, capsys) -> str:

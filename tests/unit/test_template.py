@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runtime.app import (
+from runtime.template import (
     HttpEvent,
     S3Event,
     ScheduleEvent,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from runtime.app import FunctionSpec, TemplateError, parse_template
-from runtime.app.schedules import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
+from runtime.template import FunctionSpec, TemplateError, parse_template
+from runtime.template.schedule_expressions import CronSchedule, RateSchedule, aws_cron_to_croniter, parse_schedule
 from runtime.triggers.asyncinvoke import AsyncConfig, AsyncInvoker, InvokeOutcome, async_config
 from runtime.triggers.delivery import DeliveryStore
 from runtime.triggers.s3 import S3Rule, s3_rules

@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runtime.app.errors import TemplateError
-from runtime.app.events import EventSpec, InvokeConfigSpec, parse_event, parse_invoke_config
-from runtime.app.intrinsics import Resolver, is_intrinsic
-from runtime.app.sam_globals import merge
+from runtime.errors import TemplateError
+from runtime.template.event_spec import EventSpec, InvokeConfigSpec, parse_event, parse_invoke_config
+from runtime.template.intrinsics import Resolver, is_intrinsic
+from runtime.template.sam_globals import merge
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_MAX_BYTES = 4096

@@ -1,4 +1,4 @@
-"""``FunctionService``: the Runtime API server on loopback plus the dispatcher,
+"""``FunctionHost``: the Runtime API server on loopback plus the dispatcher,
 bound to a gateway whose invocation tokens it issues."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.app.functions import FunctionSpec, TemplateError, with_config
 from runtime.functions.deployments import DeployError, Deployments, check_handler, spec_of, unpack
 from runtime.functions.dispatcher import Dispatcher, Result, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
 from runtime.gateway.auth import InvocationTokens
+from runtime.template.function_spec import FunctionSpec, TemplateError, with_config
 
 log = logging.getLogger("llmfn.functions")
 
@@ -28,7 +28,7 @@ class StagedBundle:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class FunctionService:
+class FunctionHost:
     def __init__(self, functions: dict[str, FunctionSpec], *, gateway_url: str, tokens: InvocationTokens,
                  log: Callable[[str, str], None] = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,

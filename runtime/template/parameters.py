@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.app.errors import TemplateError
+from runtime.errors import TemplateError
 
 ParameterValue = str | list[str]
 _LIST_TYPES = ("CommaDelimitedList", "List<Number>")

@@ -12,12 +12,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from runtime.app.errors import TemplateError
-from runtime.app.functions import FunctionSpec, parse_function
-from runtime.app.intrinsics import FUNCTION, Resolver
-from runtime.app.models import ModelConfig, PoolConfig
-from runtime.app.parameters import ParameterValue, resolve_parameters
-from runtime.app.sam_globals import function_globals
+from runtime.errors import TemplateError
+from runtime.template.function_spec import FunctionSpec, parse_function
+from runtime.template.intrinsics import FUNCTION, Resolver
+from runtime.template.model_spec import ModelConfig, PoolConfig
+from runtime.template.parameters import ParameterValue, resolve_parameters
+from runtime.template.sam_globals import function_globals
 
 
 class _CfnLoader(yaml.SafeLoader):

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.app.errors import TemplateError
-from runtime.app.intrinsics import BUCKET
-from runtime.app.schedules import parse_schedule
+from runtime.errors import TemplateError
+from runtime.template.intrinsics import BUCKET
+from runtime.template.schedule_expressions import parse_schedule
 
 log = logging.getLogger("llmfn.template")
 

@@ -29,7 +29,7 @@ BODY_BYTES = web.RequestKey("body_bytes", int)  # the size of the body parse_bod
 @dataclass(frozen=True)
 class InputLimits:
     """What one request may carry. They keep any single request from holding the
-    event loop or the memory for long; ``GatewaySettings`` sets them."""
+    event loop or the memory for long; ``runtime.settings.Settings`` sets them."""
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 2048
     max_tools: int = 128

@@ -20,9 +20,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.app.errors import TemplateError
-from runtime.app.parameters import ParameterValue
-from runtime.app.pseudo import LOCAL_REGION, PSEUDO_PARAMETERS, URL_SUFFIX, bucket_arn, function_arn
+from runtime.errors import TemplateError
+from runtime.template.parameters import ParameterValue
+from runtime.template.pseudo import LOCAL_REGION, PSEUDO_PARAMETERS, URL_SUFFIX, bucket_arn, function_arn
 
 BUCKET = "AWS::S3::Bucket"
 FUNCTION = "AWS::Serverless::Function"

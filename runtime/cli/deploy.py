@@ -15,9 +15,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.app.functions import FunctionSpec
-from runtime.app.template import Template
 from runtime.functions.deployments import DeployError, check_handler, zip_dir
+from runtime.template.function_spec import FunctionSpec
+from runtime.template.reader import Template
 
 _SKIP = {"__pycache__", ".pytest_cache", ".git"}
 
@@ -55,7 +55,7 @@ def build_function(spec: FunctionSpec, cache_root: Path) -> Bundle:
     return Bundle(data, sha, f"llmfn/functions/{spec.name}/{sha}.zip")
 
 
-def build_layer(path: Path) -> Bundle:
+def build_layer_bundle(path: Path) -> Bundle:
     data = zip_dir(path)
     sha = hashlib.sha256(data).hexdigest()
     return Bundle(data, sha, f"llmfn/layers/{path.name}/{sha}.zip")
@@ -113,7 +113,7 @@ def deploy(template: Template, *, bucket: str, endpoint: str, fs, cache_root: Pa
     layer_bundles: dict[Path, Bundle] = {}
     for spec in template.functions.values():
         bundle = build_function(spec, cache_root)
-        layers = [layer_bundles.setdefault(p, build_layer(p)) for p in spec.layers]
+        layers = [layer_bundles.setdefault(p, build_layer_bundle(p)) for p in spec.layers]
         uploaded += sum(upload(fs, bucket, b) for b in [bundle, *layers])
         entries[spec.name] = {"key": bundle.key, "sha256": bundle.sha256, "config": config_of(spec),
                               "layers": [{"key": b.key, "sha256": b.sha256} for b in layers]}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.app.errors import TemplateError
-from runtime.app.intrinsics import is_intrinsic
+from runtime.errors import TemplateError
+from runtime.template.intrinsics import is_intrinsic
 
 # Properties SAM refuses in Globals.Function: they belong to one function.
 NOT_GLOBAL = ("Events", "FunctionName", "Role", "Policies")

@@ -106,7 +106,7 @@ def register(endpoint: str, bucket: str, entries: dict, admin_key: str | None) -
         raise DeployError(f"cannot reach the service at {endpoint}: {err.reason}") from None
 
 
-def deploy(template: Template, *, bucket: str, endpoint: str, fs, cache_root: Path,
+def deploy_template(template: Template, *, bucket: str, endpoint: str, fs, cache_root: Path,
            admin_key: str | None = None, out=sys.stderr) -> dict:
     validate(template)
     entries, uploaded = {}, 0

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from runtime import datadir
+from runtime import datadir, log_format
 from runtime.accounting.quotas import Limits
 from runtime.embedded_s3 import EmbeddedS3
 from runtime.functions import DeployError, Deployments, FunctionHost
 from runtime.functions.deployments import BundleLimits
-from runtime.functions.dispatcher import stderr_log
 from runtime.functions.instance import caller_aws_environment
+from runtime.functions.logs import FunctionLog, LogStore, stderr_log, tee
 from runtime.gateway import Gateway, GatewayConfig, build_gateway
 from runtime.gateway.http_errors import InputLimits
 from runtime.pool import ModelStore
@@ -119,7 +118,7 @@ def gateway_config(settings: Settings, models: list[ModelConfig], template: Temp
 
 class Server:
     def __init__(self, settings: Settings, template: Template, models: list[ModelConfig], parts: Parts, *,
-                 admin_key: str | None, log: Callable[[str, str], None] = stderr_log):
+                 admin_key: str | None, log: FunctionLog = stderr_log):
         self.settings, self.template, self.models, self.parts = settings, template, models, parts
         self.admin_key = admin_key  # None: the control plane refuses everyone
         self.function_log = log
@@ -131,6 +130,7 @@ class Server:
         self.s3_endpoint_url = settings.s3_endpoint_url
         self.http_routes: list[tuple[str, str, str]] = []
         self.embedded_s3: EmbeddedS3 | None = None
+        self.log_store: LogStore | None = None
         self._runners: list[web.AppRunner] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -142,6 +142,7 @@ class Server:
 
     async def start(self) -> None:
         datadir.secure(self.settings.data_dir)
+        self._keep_function_logs()
         has_functions = bool(self.template.functions)
         service = self.parts.service and has_functions
         if service:
@@ -178,6 +179,9 @@ class Server:
         if self.embedded_s3 is not None:
             self.embedded_s3.stop()
             self.embedded_s3 = None
+        if self.log_store is not None:
+            await asyncio.to_thread(self.log_store.close)
+            self.log_store = None
 
     async def run_until_signal(self, started: Callable[[Server], None] | None = None) -> None:
         """Start, say where everything listens, serve until SIGINT or SIGTERM, stop."""
@@ -190,7 +194,7 @@ class Server:
             (started or announce)(self)
             await stop.wait()
         finally:
-            print("llmfn: shutting down", file=sys.stderr, flush=True)
+            log_format.say("llmfn: shutting down")
             await self.close()
 
     async def _listen(self, app: web.Application, port: int) -> str:
@@ -203,6 +207,15 @@ class Server:
         return f"http://{host}:{bound}"
 
     # ---- what the parts are given -----------------------------------------------
+
+    def _keep_function_logs(self) -> None:
+        """Tee the function log lines into the data dir's log store (``llmfn logs``)."""
+        if self.log_store is not None or not self.template.functions:
+            return
+        s = self.settings
+        self.log_store = LogStore(s.logs_path, max_lines=s.log_retention_lines,
+                                  max_age_s=s.log_retention_days * 86400)
+        self.function_log = tee(self.function_log, self.log_store.append)
 
     def _settings(self) -> Settings:
         """The settings with the S3 endpoint this server ended up with (the embedded one)."""
@@ -259,7 +272,7 @@ class Server:
 
 def announce(server: Server) -> None:
     for name, url in server.urls.items():
-        print(f"llmfn {name} on {url}", file=sys.stderr, flush=True)
+        log_format.say(f"llmfn {name} on {url}")
 
 
 __all__ = ["INVOKE", "SERVE", "START_API", "START_LAMBDA", "Parts", "Server", "announce",

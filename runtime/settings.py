@@ -8,7 +8,7 @@ import argparse
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+    log_format: Literal["text", "json"] = Field("text", description=(
+        "How the service's log records and the function log lines are written to stderr: text, or "
+        "json (one JSON object per line)."))
+    log_retention_lines: int = Field(10_000, ge=1, description="Function log lines kept per function in the "
+                                     "data dir's log store (llmfn logs); older ones are dropped.")
+    log_retention_days: float = Field(7.0, gt=0, description="Days the log store keeps a function log line.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
                                 description="Largest request body the gateway reads (bytes); larger is a 413.")
     max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")
@@ -102,6 +108,10 @@ class Settings(BaseSettings):
     @property
     def deliveries_path(self) -> Path:
         return self.data_dir / "deliveries.sqlite3"
+
+    @property
+    def logs_path(self) -> Path:
+        return self.data_dir / "logs.sqlite3"
 
     @property
     def deployments_dir(self) -> Path:

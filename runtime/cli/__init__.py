@@ -1,6 +1,6 @@
 """The ``llmfn`` command: ``runtime.cli.flags`` declares the flags (generated
 from the settings), and each command's body lives with its kind: ``run``
-(serve, invoke, start-api, start-lambda), ``control`` (keys, usage, deploy,
+(serve, invoke, start-api, start-lambda), ``logs`` (the function log lines kept), ``control`` (keys, usage, deploy,
 rollback), ``project`` (init, generate-event)."""
 from __future__ import annotations
 
@@ -10,22 +10,23 @@ import sys
 
 from runtime.cli.flags import parser
 from runtime.embedded_s3 import EmbeddedS3Unavailable
+from runtime.log_format import TEXT_FORMAT
 from runtime.template import TemplateError
 
 # Commands that write the data dir: what they create is the service user's alone.
-_PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage"})
+_PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "keys", "usage", "logs"})
 
 
 def _commands() -> dict:
-    from runtime.cli import control, project, run
+    from runtime.cli import control, logs, project, run
 
     return {"serve": run.serve, "invoke": run.invoke, "start-api": run.start_api, "start-lambda": run.start_lambda,
             "generate-event": project.generate_event, "init": project.init, "keys": control.keys,
-            "usage": control.usage, "deploy": control.deploy, "rollback": control.rollback}
+            "usage": control.usage, "logs": logs.logs, "deploy": control.deploy, "rollback": control.rollback}
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=TEXT_FORMAT)
     args = parser().parse_args(argv)
     if args.command in _PRIVATE_COMMANDS:
         os.umask(0o077)

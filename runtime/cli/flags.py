@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from runtime import log_format
 from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, from_flags
 
 # Flags of every command that runs the product; serve adds its own.
@@ -81,6 +82,15 @@ def _add_commands(sub) -> None:
     add_flags(p, ClientSettings, ("endpoint",))
     add_flags(p, Settings, _ADMIN)
 
+    p = sub.add_parser("logs", help="Print a function's log lines kept by serve and the emulators (like sam logs).")
+    p.add_argument("function", help="Logical ID of the function in the template.")
+    p.add_argument("--since", default="10m", help="From this long ago (30s, 10m, 2h, 1d) or this time "
+                   "(ISO 8601, e.g. 2026-11-22T05:00:00; UTC unless it names a zone). Default: 10m.")
+    p.add_argument("--tail", action="store_true", help="Keep printing new lines until Ctrl-C.")
+    p.add_argument("--filter", default=None, help="Only lines whose message contains this text "
+                   "(a plain, case-sensitive substring).")
+    add_flags(p, Settings, ("data_dir",))
+
     p = sub.add_parser("init", help="Create a working project from a starter.")
     p.add_argument("name", help="Folder to create.")
     p.add_argument("--template", dest="starter", default="hello-llm",
@@ -113,4 +123,5 @@ def settings_of(args: argparse.Namespace) -> Settings:
     for field in _SECRET_FLAGS:
         os.environ.pop(f"LLMFN_{field.upper()}", None)
     logging.getLogger().setLevel(settings.log_level.upper())
+    log_format.configure(settings.log_format)
     return settings

@@ -11,6 +11,7 @@ from typing import Any
 
 from runtime.cli.flags import settings_of
 from runtime.datadir import admin_key, secure
+from runtime.log_format import say
 from runtime.server import INVOKE, SERVE, START_API, START_LAMBDA, Parts, Server, read_template, served_models
 from runtime.settings import PoolSettings, Settings, from_flags
 
@@ -34,15 +35,14 @@ def _admin_key_for(settings: Settings, parts: Parts) -> str | None:
     key = admin_key(settings, create=True)
     if settings.admin_key is None or not settings.admin_key.get_secret_value():
         said = "read from" if existed else "created in"
-        print(f"llmfn admin key {said} {settings.admin_key_path} (deploy, rollback, keys and /admin/* need it)",
-              file=sys.stderr, flush=True)
+        say(f"llmfn admin key {said} {settings.admin_key_path} (deploy, rollback, keys and /admin/* need it)")
     return key
 
 
 def serve(args: argparse.Namespace) -> int:
     server = _server(args, SERVE, optional_template=True)
     names = ", ".join(f"{m.name} ({m.source})" for m in server.models)
-    print(f"llmfn models: {names}", file=sys.stderr, flush=True)
+    say(f"llmfn models: {names}")
     asyncio.run(server.run_until_signal())
     return 0
 
@@ -84,8 +84,8 @@ def start_api(args: argparse.Namespace) -> int:
     def started(server: Server) -> None:
         url = server.urls["http api"]
         for method, path, fn in server.http_routes:
-            print(f"Mounting {fn} at {url}{path} [{method}]", file=sys.stderr)
-        print(f"llmfn start-api on {url}  gateway on {server.gateway_url}", file=sys.stderr, flush=True)
+            say(f"Mounting {fn} at {url}{path} [{method}]")
+        say(f"llmfn start-api on {url}  gateway on {server.gateway_url}")
 
     asyncio.run(_server(args, START_API).run_until_signal(started))
     return 0
@@ -93,8 +93,7 @@ def start_api(args: argparse.Namespace) -> int:
 
 def start_lambda(args: argparse.Namespace) -> int:
     def started(server: Server) -> None:
-        print(f"llmfn start-lambda on {server.urls['lambda api']}  gateway on {server.gateway_url}",
-              file=sys.stderr, flush=True)
+        say(f"llmfn start-lambda on {server.urls['lambda api']}  gateway on {server.gateway_url}")
 
     asyncio.run(_server(args, START_LAMBDA).run_until_signal(started))
     return 0

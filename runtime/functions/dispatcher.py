@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from runtime.functions.instance import FunctionInstance, InstanceState
 from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
+from runtime.functions.logs import FunctionLog, LogLine, stderr_log
 from runtime.gateway.auth import InvocationTokens, UsageTally
 from runtime.template.function_spec import FunctionSpec
 
@@ -58,10 +58,6 @@ class Result:
     @property
     def is_error(self) -> bool:
         return self.outcome.kind == OutcomeKind.ERROR
-
-
-def stderr_log(function: str, line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 class FunctionPool:
@@ -159,7 +155,7 @@ class FunctionPool:
 class Dispatcher:
     def __init__(self, functions: dict[str, FunctionSpec], *, instances: dict, runtime_api_addr: str,
                  gateway_url: str, tokens: InvocationTokens,
-                 log: Callable[[str, str], None] = stderr_log,
+                 log: FunctionLog = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,
                  new_instance: Callable[..., FunctionInstance] = FunctionInstance):
         self.functions = functions
@@ -221,7 +217,7 @@ class Dispatcher:
 
     def _emit(self, inv: Invocation, line: str) -> None:
         inv.logs.append(line)
-        self.log(inv.function, line)
+        self.log(LogLine(inv.function, line, inv.request_id, inv.version))
 
     async def _finish(self, pool: FunctionPool, inst: FunctionInstance, inv: Invocation,
                       cold: bool, report: asyncio.Future) -> None:

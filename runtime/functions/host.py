@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from runtime.functions.deployments import DeployError, Deployments, check_handler, spec_of, unpack
-from runtime.functions.dispatcher import Dispatcher, Result, stderr_log
+from runtime.functions.dispatcher import Dispatcher, Result
+from runtime.functions.logs import FunctionLog, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
 from runtime.gateway.auth import InvocationTokens
 from runtime.template.function_spec import FunctionSpec, TemplateError, with_config
@@ -30,7 +30,7 @@ class StagedBundle:
 
 class FunctionHost:
     def __init__(self, functions: dict[str, FunctionSpec], *, gateway_url: str, tokens: InvocationTokens,
-                 log: Callable[[str, str], None] = stderr_log,
+                 log: FunctionLog = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,
                  deployments: Deployments | None = None):
         self.functions = functions

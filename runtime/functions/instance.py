@@ -9,12 +9,13 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 
 from runtime import bundled
 from runtime.functions.invocation import Invocation
+from runtime.functions.logs import FunctionLog, LogLine
 from runtime.template.function_spec import FunctionSpec
 from runtime.template.pseudo import LOCAL_REGION
 
@@ -44,7 +45,7 @@ def caller_aws_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 class FunctionInstance:
     def __init__(self, spec: FunctionSpec, *, runtime_api: str, gateway_url: str,
-                 log: Callable[[str, str], None], env_overrides: dict[str, str] | None = None,
+                 log: FunctionLog, env_overrides: dict[str, str] | None = None,
                  version: int = 1):
         self.spec = spec
         self.version = version
@@ -107,9 +108,10 @@ class FunctionInstance:
     async def _pipe(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             text = line.decode(errors="replace").rstrip("\n")
-            if self.current is not None:
-                self.current.logs.append(text)
-            self.log(self.spec.name, text)
+            inv = self.current
+            if inv is not None:
+                inv.logs.append(text)
+            self.log(LogLine(self.spec.name, text, inv.request_id if inv else None, self.version))
 
     # called by the Runtime API ---------------------------------------------------
 

@@ -120,7 +120,7 @@ async def dispatch():
         instances = FakeInstances(handler)
         d = Dispatcher({"Fn": spec}, instances={}, runtime_api_addr="127.0.0.1:0",
                        gateway_url="http://127.0.0.1:0", tokens=InvocationTokens(),
-                       log=lambda function, line: None, new_instance=instances)
+                       log=lambda line: None, new_instance=instances)
         made.append(d)
         return d, instances
 

@@ -1,0 +1,58 @@
+"""How the process writes its own log to stderr: ``text`` (the lines as they have
+always been) or ``json`` (one JSON object per line, for a log collector). It owns
+the format of the service's logging records, of its announcements (where each
+server listens) and of the function log lines on stderr; it stores nothing."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Literal
+
+LogFormat = Literal["text", "json"]
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_format: LogFormat = "text"
+
+
+def timestamp(epoch: float) -> str:
+    """UTC ISO 8601 with milliseconds: ``2026-11-22T05:30:00.123Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """A logging record as ``{"time", "level", "logger", "message"}`` (and ``exception``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"time": timestamp(record.created), "level": record.levelname,
+                               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure(fmt: LogFormat) -> None:
+    """Every handler of the root logger writes ``fmt`` from now on."""
+    global _format
+    _format = fmt
+    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
+def say(message: str) -> None:
+    """An announcement for the person running the command (where a server listens): the
+    plain line in text, an INFO record of the ``llmfn`` logger in json."""
+    if _format == "json":
+        line = json.dumps({"time": timestamp(time.time()), "level": "INFO", "logger": "llmfn", "message": message})
+    else:
+        line = message
+    print(line, file=sys.stderr, flush=True)
+
+
+def function_line(epoch: float, function: str, request_id: str | None, version: int, message: str) -> None:
+    """One function log line on stderr: as the function wrote it, or its JSON object."""
+    if _format == "json":
+        message = json.dumps({"time": timestamp(epoch), "function": function, "request_id": request_id,
+                              "version": version, "message": message})
+    print(message, file=sys.stderr, flush=True)

@@ -4,9 +4,12 @@ the format of the service's logging records, of its announcements (where each
 server listens) and of the function log lines on stderr; it stores nothing."""
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from typing import Any, Literal
 
@@ -38,6 +41,35 @@ def configure(fmt: LogFormat) -> None:
     formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)
+
+
+def relay_stderr() -> None:
+    """In json, make every line on this process's stderr a JSON object: fd 2 becomes a
+    pipe (which the model workers and other children inherit), and a thread writes each
+    line to the real stderr, wrapping those that are not JSON already (llama.cpp's own
+    messages, a child's traceback) in a record of the ``stderr`` logger."""
+    out = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    thread = threading.Thread(target=_relay, args=(read_end, out), name="llmfn-stderr", daemon=True)
+    thread.start()
+
+    def restore() -> None:  # at exit: the last lines reach the real stderr
+        sys.stderr.flush()
+        os.dup2(out, 2)  # our last copy of the pipe's write end: the relay sees its end
+        thread.join(2)
+    atexit.register(restore)
+
+
+def _relay(read_end: int, out: int) -> None:
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if not (line.startswith("{") and line.endswith("}")):
+                line = json.dumps({"time": timestamp(time.time()), "level": "INFO", "logger": "stderr",
+                                   "message": line})
+            os.write(out, line.encode() + b"\n")
 
 
 def say(message: str) -> None:

@@ -124,4 +124,6 @@ def settings_of(args: argparse.Namespace) -> Settings:
         os.environ.pop(f"LLMFN_{field.upper()}", None)
     logging.getLogger().setLevel(settings.log_level.upper())
     log_format.configure(settings.log_format)
+    if settings.log_format == "json":
+        log_format.relay_stderr()
     return settings

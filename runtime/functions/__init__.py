@@ -1,6 +1,7 @@
 """Function instances (processes running the handler, like Lambda execution
 environments), the dispatcher that picks or starts them, the invocation
-context, and the Lambda Runtime API between runtime and instance. Triggers
+context, the Lambda Runtime API between runtime and instance, and the
+function log lines with their bounded store (``logs``). Triggers
 call ``FunctionHost.invoke``; this package never parses HTTP routes."""
 from runtime.functions.deployments import DeployError, Deployments
 from runtime.functions.dispatcher import Dispatcher, Report, Result

@@ -66,10 +66,19 @@ def _relay(read_end: int, out: int) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         for raw in pipe:
             line = raw.decode(errors="replace").rstrip("\n")
-            if not (line.startswith("{") and line.endswith("}")):
+            if not _is_json_object(line):
                 line = json.dumps({"time": timestamp(time.time()), "level": "INFO", "logger": "stderr",
                                    "message": line})
             os.write(out, line.encode() + b"\n")
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def say(message: str) -> None:

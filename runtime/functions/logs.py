@@ -99,7 +99,7 @@ class LogStore:
             batch = [self._queue.get()]
             while len(batch) < 1000 and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            done = batch[-1] is None or None in batch
+            done = None in batch
             lines = [b for b in batch if b is not None]
             try:
                 db = db or self._open()

@@ -39,12 +39,18 @@ def handler(event, context):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, model_cache):
-    """``llmfn serve --log-format json`` of a project whose function calls no model."""
+def project(tmp_path_factory):
+    """A project whose function calls no model."""
     project = tmp_path_factory.mktemp("logs")
     (project / "src").mkdir()
     (project / "template.yaml").write_text(TEMPLATE)
     (project / "src" / "app.py").write_text(HANDLER)
+    return project
+
+
+@pytest.fixture(scope="module")
+def served(project, model_cache):
+    """``llmfn serve --log-format json`` of the project."""
     server = Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
                     "--lambda-port", "0", "--data-dir", str(project / "data"), "--log-format", "json",
                     ready="lambda api", env={"LLMFN_CACHE_DIR": str(model_cache)})
@@ -133,3 +139,13 @@ def test_log_format_json_writes_only_json_objects_with_their_fields(served):
                and r["version"] == 1 for r in mine)
     service = [r for r in records if "level" in r]
     assert service and all({"time", "level", "logger", "message"} <= set(r) for r in service)
+
+
+def test_logs_returns_the_lines_of_llmfn_invoke_too(project, model_cache, tmp_path):
+    cp = llmfn("invoke", "Echo", "-e", "-", "--template", str(project / "template.yaml"), "--data-dir",
+               str(tmp_path), stdin='{"word": "fig"}', env={"LLMFN_CACHE_DIR": str(model_cache)})
+    assert cp.returncode == 0, cp.stderr
+    request_id = re.search(r"START RequestId: (\S+)", cp.stderr).group(1)
+    lines = _logs(tmp_path, "--since", "1m")
+    assert f"{request_id} handling fig" in "\n".join(lines)
+    assert lines[-1].split(" ", 2)[2].startswith(f"REPORT RequestId: {request_id}")

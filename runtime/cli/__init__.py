@@ -1,7 +1,8 @@
 """The ``llmfn`` command: ``runtime.cli.flags`` declares the flags (generated
 from the settings), and each command's body lives with its kind: ``run``
-(serve, invoke, start-api, start-lambda), ``logs`` (the function log lines kept), ``control`` (keys, usage, deploy,
-rollback), ``project`` (init, generate-event)."""
+(serve, invoke, start-api, start-lambda), ``control`` (keys, usage, deploy,
+rollback), ``project`` (init, generate-event), ``logs`` (the function log
+lines kept in the data dir)."""
 from __future__ import annotations
 
 import logging

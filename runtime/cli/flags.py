@@ -123,7 +123,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
     for field in _SECRET_FLAGS:
         os.environ.pop(f"LLMFN_{field.upper()}", None)
     logging.getLogger().setLevel(settings.log_level.upper())
-    log_format.configure(settings.log_format)
-    if settings.log_format == "json":
-        log_format.relay_stderr()
+    if hasattr(args, "log_format"):  # the commands that run the product
+        log_format.configure(settings.log_format)
+        if settings.log_format == "json":
+            log_format.relay_stderr()
     return settings

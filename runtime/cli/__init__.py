@@ -1,7 +1,7 @@
 """The ``llmfn`` command: ``runtime.cli.flags`` declares the flags (generated
 from the settings), and each command's body lives with its kind: ``run``
 (serve, invoke, start-api, start-lambda), ``control`` (keys, usage, deploy,
-rollback), ``project`` (init, generate-event)."""
+rollback), ``project`` (init, generate-event), ``validate``."""
 from __future__ import annotations
 
 import logging
@@ -17,11 +17,12 @@ _PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "
 
 
 def _commands() -> dict:
-    from runtime.cli import control, project, run
+    from runtime.cli import control, project, run, validate
 
     return {"serve": run.serve, "invoke": run.invoke, "start-api": run.start_api, "start-lambda": run.start_lambda,
             "generate-event": project.generate_event, "init": project.init, "keys": control.keys,
-            "usage": control.usage, "deploy": control.deploy, "rollback": control.rollback}
+            "usage": control.usage, "deploy": control.deploy, "rollback": control.rollback,
+            "validate": validate.validate}
 
 
 def main(argv: list[str] | None = None) -> int:

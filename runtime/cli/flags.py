@@ -16,7 +16,7 @@ _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzi
 # What a long-running server has and a single invoke has not.
 _SERVERS_ONLY = ("warm_containers",)
 _RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY + _SERVERS_ONLY)
-_FLAGS = {"env_vars": ("--env-vars", "-n"), "template": ("--template", "-t")}
+_FLAGS = {"env_vars": ("--env-vars", "-n"), "template": ("--template", "-t"), "log_file": ("--log-file", "-l")}
 # SAM's -p/--port: the port of what the command serves (start-api: the HTTP API,
 # start-lambda: the Lambda API); the gateway's own is --gateway-port.
 _SAM_PORT = {"api_port": ("-p", "--port", "--api-port"), "lambda_port": ("-p", "--port", "--lambda-port")}

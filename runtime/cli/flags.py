@@ -29,7 +29,7 @@ _SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-fi
 
 
 class _Deprecated(argparse.Action):
-    """A flag's former name: it still works, and says once what to use instead."""
+    """A flag's former name: it still works, and says what to use instead."""
 
     def __init__(self, *args, instead: str, **kw):
         super().__init__(*args, **kw)

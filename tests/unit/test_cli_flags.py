@@ -69,3 +69,8 @@ def test_init_takes_starter_and_template_is_its_deprecated_name(capsys):
     assert capsys.readouterr().err == ""
     assert parse("init", "app", "--template", "scheduled-digest").starter == "scheduled-digest"
     assert "--template is deprecated; use --starter" in capsys.readouterr().err
+
+
+def test_sams_short_flags_name_the_template_the_env_vars_and_the_log_file():
+    args = parse("local", "start-api", "-t", "app.yaml", "-n", "env.json", "-l", "functions.log")
+    assert (args.template, args.env_vars, args.log_file) == ("app.yaml", "env.json", "functions.log")

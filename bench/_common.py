@@ -148,7 +148,7 @@ class Gateway:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "runtime.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--cache-dir", str(self.cache_dir)]
+               "--gateway-port", str(self.port), "--cache-dir", str(self.cache_dir)]
         for m in self.models:
             cmd += ["--model", m]
         if self.s3_endpoint_url:

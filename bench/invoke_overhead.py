@@ -67,7 +67,7 @@ class StartApi:
 
     def __init__(self, template: Path):
         self.cmd = [sys.executable, "-m", "runtime.cli", "start-api", "--template", str(template),
-                    "--host", "127.0.0.1", "--api-port", "0", "--port", "0"]
+                    "--host", "127.0.0.1", "--api-port", "0", "--gateway-port", "0"]
         self.url = ""
         self.reports: asyncio.Queue[Report] = asyncio.Queue()
         self.tail: deque[str] = deque(maxlen=30)  # shown when it fails

@@ -133,7 +133,7 @@ def llmfn_server(args: argparse.Namespace, data_dir: str) -> Server:
     no keys from an earlier run) and the model cache are chosen here."""
     port = free_port()
     cmd = [sys.executable, "-m", "runtime.cli", "serve", "--template", str(args.template),
-           "--host", "127.0.0.1", "--port", str(port), "--api-port", str(free_port()),
+           "--host", "127.0.0.1", "--gateway-port", str(port), "--api-port", str(free_port()),
            "--lambda-port", str(free_port()), "--data-dir", data_dir, "--cache-dir", str(args.cache_dir)]
     return Server(LLMFN, cmd, port, "/health")
 

@@ -142,6 +142,8 @@ class Server:
 
     async def start(self) -> None:
         datadir.secure(self.settings.data_dir)
+        if self.settings.log_file is not None:
+            self._log_to_file(self.settings.log_file)
         self._keep_function_logs()
         has_functions = bool(self.template.functions)
         service = self.parts.service and has_functions
@@ -149,12 +151,14 @@ class Server:
             self._start_embedded_s3()
         self.gateway = build_gateway(gateway_config(self._settings(), self.models, self.template,
                                                     self.admin_key))
-        self.urls["gateway"] = await self._listen(self.gateway.app, self.settings.port)
+        self.urls["gateway"] = await self._listen(self.gateway.app, self.settings.gateway_port)
         self.functions = FunctionHost(
             self.template.functions, gateway_url=self.gateway_url, tokens=self.gateway.invocations,
             log=self.function_log, env_overrides=self._function_env(), deployments=self._deployments(service))
         await self.functions.start()
         self._closers.append(self.functions.close)
+        if self.settings.warm_containers == "EAGER":
+            await self.functions.prewarm()
         if service:
             await self._start_triggers()  # first: the Lambda API queues Event invocations with it
         if self.parts.http_api and has_functions:
@@ -168,6 +172,15 @@ class Server:
             app = build_lambda_api(self.functions, self.gateway.auth, events=self.events,
                                    fetch=self._fetch_bundle if service else None)
             self.urls["lambda api"] = await self._listen(app, self.settings.lambda_port)
+
+    def _log_to_file(self, path: Path) -> None:
+        """``--log-file``: the functions' lines go to the file (appended) instead of stderr."""
+        out = path.open("a", buffering=1, encoding="utf-8")  # a line at a time, as stderr
+        self.function_log = lambda line: print(line.message, file=out)
+
+        async def close_file() -> None:
+            out.close()
+        self._closers.append(close_file)
 
     async def close(self) -> None:
         for closer in reversed(self._closers):

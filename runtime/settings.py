@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runtime.template.model_spec import PoolConfig
@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     host: str = Field("127.0.0.1", description="Address every server listens on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port of the gateway (0: any free port).")
+    # LLMFN_PORT: the variable's former name, still read (LLMFN_GATEWAY_PORT wins)
+    gateway_port: int = Field(8080, ge=0, le=65535, description="Port of the gateway (0: any free port).",
+                              validation_alias=AliasChoices("gateway_port", "LLMFN_GATEWAY_PORT", "LLMFN_PORT"))
     api_port: int = Field(3000, ge=0, le=65535, description="Port of the HTTP API (the functions' routes).")
     lambda_port: int = Field(3001, ge=0, le=65535, description="Port of the Lambda API (invoke, deploy).")
     template: Path = Field(Path("template.yaml"), description="SAM template with the models and functions.")
@@ -74,6 +76,11 @@ class Settings(BaseSettings):
     log_retention_lines: int = Field(10_000, ge=1, description="Function log lines kept per function in the "
                                      "data dir's log store (llmfn logs); older ones are dropped.")
     log_retention_days: float = Field(7.0, gt=0, description="Days the log store keeps a function log line.")
+    log_file: Path | None = Field(None, description="Write the functions' output and their START/END/REPORT "
+                                                    "lines to this file instead of stderr (SAM's --log-file).")
+    warm_containers: Literal["EAGER", "LAZY"] = Field("LAZY", description=(
+        "EAGER: start one instance of every function at start; LAZY: start instances as invocations "
+        "need them (SAM's --warm-containers)."))
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
                                 description="Largest request body the gateway reads (bytes); larger is a 413.")
     max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")
@@ -96,6 +103,7 @@ class Settings(BaseSettings):
 
     _split = field_validator("model", mode="before")(_csv)
     _one = field_validator("parameter_overrides", mode="before")(lambda v: [v] if isinstance(v, str) else v)
+    _upper = field_validator("warm_containers", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)
 
     @property
     def ledger_path(self) -> Path:
@@ -158,6 +166,8 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fields: I
                               "help": f"{info.description} [env {ENV_PREFIX}{name.upper()}]"}
         if typing.get_origin(info.annotation) is list:
             kw.update(action="append", metavar=name.upper())
+        elif typing.get_origin(info.annotation) is typing.Literal:
+            kw.update(choices=typing.get_args(info.annotation), type=str.upper)
         parser.add_argument(*names, **kw)
 
 

@@ -2,7 +2,7 @@
 from the settings), and each command's body lives with its kind: ``run``
 (serve, invoke, start-api, start-lambda), ``control`` (keys, usage, deploy,
 rollback), ``project`` (init, generate-event), ``logs`` (the function log
-lines kept in the data dir)."""
+lines kept in the data dir), ``validate``."""
 from __future__ import annotations
 
 import logging
@@ -19,11 +19,12 @@ _PRIVATE_COMMANDS = frozenset({"serve", "invoke", "start-api", "start-lambda", "
 
 
 def _commands() -> dict:
-    from runtime.cli import control, logs, project, run
+    from runtime.cli import control, logs, project, run, validate
 
     return {"serve": run.serve, "invoke": run.invoke, "start-api": run.start_api, "start-lambda": run.start_lambda,
             "generate-event": project.generate_event, "init": project.init, "keys": control.keys,
-            "usage": control.usage, "logs": logs.logs, "deploy": control.deploy, "rollback": control.rollback}
+            "usage": control.usage, "logs": logs.logs, "deploy": control.deploy, "rollback": control.rollback,
+            "validate": validate.validate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """The command line's flags. Every settings flag is generated from the settings
-models (``--port`` / ``LLMFN_PORT``), so a laptop and a container are configured
+models (``--gateway-port`` / ``LLMFN_GATEWAY_PORT``), so a laptop and a container are configured
 alike and ``--help`` lists every variable; the flags become settings here too."""
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, 
 # Flags of every command that runs the product; serve adds its own.
 _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzipped_bytes", "bundle_max_entries",
                  "event_queue_limit", "failure_destination", "retry_delay_s", "s3_poll_s")
-_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY)
-_FLAGS = {"env_vars": ("--env-vars", "-n")}
+# What a long-running server has and a single invoke has not.
+_SERVERS_ONLY = ("warm_containers",)
+_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY + _SERVERS_ONLY)
+_FLAGS = {"env_vars": ("--env-vars", "-n"), "template": ("--template", "-t"), "log_file": ("--log-file", "-l")}
+# SAM's -p/--port: the port of what the command serves (start-api: the HTTP API,
+# start-lambda: the Lambda API); the gateway's own is --gateway-port.
+_SAM_PORT = {"api_port": ("-p", "--port", "--api-port"), "lambda_port": ("-p", "--port", "--lambda-port")}
 # Where a client of the control plane finds the admin key: LLMFN_ADMIN_KEY, the key
 # file, the data dir's admin.key (on the service's machine).
 _ADMIN = ("admin_key", "admin_key_file", "data_dir")
@@ -24,26 +29,37 @@ _SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-fi
                  "api_keys": ("--api-keys", "LLMFN_API_KEYS or --api-keys-file")}
 
 
-def _run_flags(p: argparse.ArgumentParser, extra: tuple[str, ...] = (), **kw) -> None:
-    add_flags(p, Settings, _RUN + extra, flags={**_FLAGS, "api_port": ("--api-port", "-p")}, **kw)
+class _Deprecated(argparse.Action):
+    """A flag's former name: it still works, and says what to use instead."""
+
+    def __init__(self, *args, instead: str, **kw):
+        super().__init__(*args, **kw)
+        self.instead = instead
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"llmfn: warning: {option_string} is deprecated; use {self.instead}", file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, values)
+
+
+def _run_flags(p: argparse.ArgumentParser, extra: tuple[str, ...] = (), ports: dict | None = None, **kw) -> None:
+    add_flags(p, Settings, _RUN + extra, flags={**_FLAGS, "api_port": ("--api-port", "-p"), **(ports or {})}, **kw)
     pools = p.add_argument_group("model pools", "Each one given overrides every served model's pool.")
     add_flags(pools, PoolSettings)
 
 
 def _add_commands(sub) -> None:
     p = sub.add_parser("serve", help="Run the whole product: gateway, functions, HTTP routes, triggers.")
-    _run_flags(p, _SERVICE_ONLY)
+    _run_flags(p, _SERVICE_ONLY + _SERVERS_ONLY)
+    p.add_argument("--port", dest="gateway_port", action=_Deprecated, instead="--gateway-port",
+                   help=argparse.SUPPRESS)
 
-    p = sub.add_parser("invoke", help="Invoke one function once (like sam local invoke).")
-    p.add_argument("function", help="Logical ID of the function in the template.")
-    p.add_argument("-e", "--event", help="Event JSON file, or - for standard input.")
-    _run_flags(p, defaults={"port": "0"})
-
-    p = sub.add_parser("start-api", help="Serve the HttpApi/Api events as HTTP routes (like sam local start-api).")
-    _run_flags(p, ("api_port",))
-
-    p = sub.add_parser("start-lambda", help="Serve the Lambda Invoke API (like sam local start-lambda).")
-    _run_flags(p, ("lambda_port",))
+    for add in _SAM_COMMANDS:
+        add(sub)
+    p = sub.add_parser("local", help="SAM's command line: llmfn local invoke | start-api | start-lambda | "
+                                     "generate-event, as sam local takes them.")
+    local = p.add_subparsers(dest="command", required=True)  # `local X` runs X
+    for add in _SAM_COMMANDS:
+        add(local)
 
     p = sub.add_parser("keys", help="Create, list and revoke API keys.")
     ksub = p.add_subparsers(dest="keys_command", required=True)
@@ -91,11 +107,34 @@ def _add_commands(sub) -> None:
                    "(a plain, case-sensitive substring).")
     add_flags(p, Settings, ("data_dir",))
 
+    p = sub.add_parser("validate", help="Check a template (cfn-lint, and llmfn's own checks): exit 0 when clean, "
+                                        "1 with one 'path: message' line per problem.")
+    add_flags(p, Settings, ("template", "parameter_overrides", "model"), flags=_FLAGS)
+
     p = sub.add_parser("init", help="Create a working project from a starter.")
     p.add_argument("name", help="Folder to create.")
-    p.add_argument("--template", dest="starter", default="hello-llm",
-                   help="hello-llm | s3-summarizer | scheduled-digest")
+    p.add_argument("--starter", default="hello-llm", help="hello-llm | s3-summarizer | scheduled-digest")
+    p.add_argument("--template", dest="starter", action=_Deprecated, instead="--starter", help=argparse.SUPPRESS)
 
+
+def _invoke(sub) -> None:
+    p = sub.add_parser("invoke", help="Invoke one function once (like sam local invoke).")
+    p.add_argument("function", help="Logical ID of the function in the template.")
+    p.add_argument("-e", "--event", help="Event JSON file, or - for standard input.")
+    _run_flags(p, defaults={"gateway_port": "0"})
+
+
+def _start_api(sub) -> None:
+    p = sub.add_parser("start-api", help="Serve the HttpApi/Api events as HTTP routes (like sam local start-api).")
+    _run_flags(p, ("api_port", *_SERVERS_ONLY), ports=_SAM_PORT)
+
+
+def _start_lambda(sub) -> None:
+    p = sub.add_parser("start-lambda", help="Serve the Lambda Invoke API (like sam local start-lambda).")
+    _run_flags(p, ("lambda_port", *_SERVERS_ONLY), ports=_SAM_PORT)
+
+
+def _generate_event(sub) -> None:
     p = sub.add_parser("generate-event", help="Print a sample event (like sam local generate-event).")
     p.add_argument("service", help="apigateway | s3 | schedule")
     p.add_argument("event", nargs="?", default=None, help="http | aws-proxy (apigateway), put (s3)")
@@ -104,6 +143,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--method", default=None)
     p.add_argument("--path", default=None)
     p.add_argument("--body", default=None)
+
+
+# The commands SAM has under `sam local`: llmfn has them at the top and under `local`.
+_SAM_COMMANDS = (_invoke, _start_api, _start_lambda, _generate_event)
 
 
 def parser() -> argparse.ArgumentParser:

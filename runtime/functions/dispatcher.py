@@ -81,6 +81,15 @@ class FunctionPool:
                 return inst
         return await self._start()
 
+    async def prewarm(self) -> None:
+        """Start one instance and let it initialize, so that the first invocation finds
+        it warm (``--warm-containers EAGER``)."""
+        await self._slots.acquire()
+        inst = await self._start()
+        await asyncio.wait([inst.ready], timeout=self.spec.timeout)
+        inst.prewarmed = True
+        self.release(inst, healthy=inst.ready.done() and inst.init_error is None)
+
     def deploy(self, spec: FunctionSpec, version: int) -> None:
         """New invocations run ``version``; those in flight finish on theirs, and
         instances of other versions stop as soon as they are idle."""
@@ -183,6 +192,10 @@ class Dispatcher:
             self._reaper.cancel()
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
 
+    async def prewarm(self) -> None:
+        """One initialized instance of every function."""
+        await asyncio.gather(*(p.prewarm() for p in self.pools.values()))
+
     def pool(self, name: str) -> FunctionPool:
         try:
             return self.pools[name]
@@ -196,7 +209,7 @@ class Dispatcher:
         spec = pool.spec
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         inst = await pool.acquire()
-        cold = inst.invocations == 0
+        cold = inst.invocations == 0 and not inst.prewarmed
         inv = Invocation(function=name, event=body, timeout=spec.timeout, client_context=client_context)
         inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models,
                                       reads_all_usage=spec.llm.usage_access == "all")

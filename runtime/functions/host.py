@@ -64,6 +64,10 @@ class FunctionHost:
                     log.warning("function %s: its current version cannot run (%s); serving the template's",
                                 name, exc)
 
+    async def prewarm(self) -> None:
+        """Start one instance of every function now rather than at its first invocation."""
+        await self.dispatcher.prewarm()
+
     async def close(self) -> None:
         if self.dispatcher:
             await self.dispatcher.close()

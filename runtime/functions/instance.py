@@ -66,6 +66,7 @@ class FunctionInstance:
         self.ready = asyncio.get_running_loop().create_future()
         self.last_used = time.monotonic()
         self.invocations = 0
+        self.prewarmed = False  # started and initialized before any invocation needed it
         self._readers: list[asyncio.Task] = []
 
     @property

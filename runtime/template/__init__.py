@@ -7,8 +7,8 @@ from runtime.template.event_spec import EventSpec, HttpEvent, InvokeConfigSpec, 
 from runtime.template.function_spec import FunctionSpec
 from runtime.template.model_spec import ModelConfig, PoolConfig, parse_model_flag
 from runtime.template.parameters import parse_parameter_overrides
-from runtime.template.reader import Template, load_template, parse_template
+from runtime.template.reader import Template, load_template, parse_template, read_document
 
 __all__ = ["EventSpec", "HttpEvent", "S3Event", "ScheduleEvent", "InvokeConfigSpec", "FunctionSpec",
            "TemplateError", "ModelConfig", "PoolConfig", "parse_model_flag", "parse_parameter_overrides",
-           "load_template", "parse_template", "Template"]
+           "load_template", "parse_template", "read_document", "Template"]

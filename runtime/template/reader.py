@@ -97,14 +97,18 @@ def _models(doc: dict[str, Any], resolver: Resolver) -> list[ModelConfig]:
 
 def load_template(path: str | Path, parameter_overrides: Mapping[str, str] | None = None) -> Template:
     """The one reader of ``template.yaml``; every mistake is a ``TemplateError`` naming its path."""
+    return parse_template(read_document(path), Path(path), parameter_overrides)
+
+
+def read_document(path: str | Path) -> Any:
+    """The template's YAML, CloudFormation's short tags (``!Ref``) included, not yet checked."""
     path = Path(path)
     try:
-        doc = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
     except FileNotFoundError:
         raise TemplateError(f"{path}: no such template") from None
     except yaml.YAMLError as exc:
         raise TemplateError(f"{path}: not valid YAML: {exc}") from None
-    return parse_template(doc, path, parameter_overrides)
 
 
 def _first_error(exc: Exception) -> str:

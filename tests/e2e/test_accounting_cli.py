@@ -65,7 +65,7 @@ def test_keys_cli_prints_the_secret_once(env):
 @pytest.mark.llama  # its llmfn commands serve the model
 def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
     secret = llmfn("keys", "create", "shared", "--rpm", "5", env=env).stdout.strip()
-    gateways = [Server("serve", "--port", "0", "--redis-url", redis_url, "--model", "embedded",
+    gateways = [Server("serve", "--gateway-port", "0", "--redis-url", redis_url, "--model", "embedded",
                        "--n-ctx", "512", ready="gateway", env=env) for _ in range(2)]
     try:
         replies = []
@@ -90,7 +90,7 @@ def test_two_gateways_sharing_redis_hold_one_limit(env, redis_url):
 @pytest.mark.llama  # its llmfn commands serve the model
 def test_usage_page_in_headless_chromium_shows_the_cli_numbers(env, tmp_path):
     chromium = need_binary("chromium")
-    gw = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "512", ready="gateway",
+    gw = Server("serve", "--gateway-port", "0", "--model", "embedded", "--n-ctx", "512", ready="gateway",
                 env={**env, "LLMFN_ADMIN_KEY": "adm"})
     try:
         for prompt in ("Hello", "One two three", "The sky is"):

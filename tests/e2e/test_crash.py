@@ -31,7 +31,7 @@ class Serve(Server):
     """``llmfn serve`` in a process group of its own (its workers with it)."""
 
     def __init__(self, env: dict[str, str]):
-        super().__init__("serve", "--port", "0", "--model", "embedded", "--n-ctx", "1024", "--slots", "4",
+        super().__init__("serve", "--gateway-port", "0", "--model", "embedded", "--n-ctx", "1024", "--slots", "4",
                          "--n-threads", "2", ready="gateway", env=env, new_session=True)
 
     def kill(self) -> None:

@@ -24,7 +24,7 @@ APP = "tests/e2e/app/template.yaml"
 
 @pytest.fixture(scope="module")
 def api(model_cache):
-    server = Server("start-api", "--template", APP, "--api-port", "0", "--port", "0",
+    server = Server("start-api", "--template", APP, "--api-port", "0", "--gateway-port", "0",
                     ready="start-api", env={"LLMFN_CACHE_DIR": str(model_cache)})
     yield server
     assert server.stop() == 0
@@ -32,7 +32,7 @@ def api(model_cache):
 
 @pytest.fixture(scope="module")
 def lam(model_cache):
-    server = Server("start-lambda", "--template", APP, "--lambda-port", "0", "--port", "0",
+    server = Server("start-lambda", "--template", APP, "--lambda-port", "0", "--gateway-port", "0",
                     ready="start-lambda", env={"LLMFN_CACHE_DIR": str(model_cache)})
     yield server
     assert server.stop() == 0

@@ -22,7 +22,7 @@ def _document(sentences: int) -> str:
 
 
 def test_long_upload_is_summarized_and_the_digest_sees_it(tmp_path, model_cache):
-    server = Server("serve", "--template", str(ROOT / "template.yaml"), "--port", "0", "--api-port", "0",
+    server = Server("serve", "--template", str(ROOT / "template.yaml"), "--gateway-port", "0", "--api-port", "0",
                     "--lambda-port", "0", "--data-dir", str(tmp_path / "data"), ready="lambda api",
                     env={"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_S3_POLL_S": "0.3"})
     try:

@@ -19,15 +19,15 @@ STARTERS = {"hello-llm": "HelloFunction", "s3-summarizer": "SummarizeFunction",
 
 
 def _init(tmp_path: Path, env: dict, name: str, starter: str) -> Path:
-    cp = llmfn("init", name, "--template", starter, cwd=tmp_path, env=env)
+    cp = llmfn("init", name, "--starter", starter, cwd=tmp_path, env=env)
     assert cp.returncode == 0, cp.stderr
     assert f"cd {name} && llmfn invoke {STARTERS[starter]} -e events/event.json" in cp.stderr
     return tmp_path / name
 
 
 def _invoke(project: Path, env: dict, function: str, event: str = "events/event.json", *extra: str):
-    # --port 0: the gateway on a free port, so that nothing else on 8080 gets in the way
-    cp = llmfn("invoke", function, "-e", event, "--template", "template.yaml", "--port", "0", *extra,
+    # --gateway-port 0: the gateway on a free port, so that nothing else on 8080 gets in the way
+    cp = llmfn("invoke", function, "-e", event, "--template", "template.yaml", "--gateway-port", "0", *extra,
                cwd=project, env=env)
     out = result(cp)
     [rep] = reports(cp.stderr)
@@ -124,9 +124,16 @@ def test_init_fills_an_empty_folder(tmp_path, env):
 
 
 def test_init_lists_the_starters_for_an_unknown_one(tmp_path, env):
-    cp = llmfn("init", "app", "--template", "nope", cwd=tmp_path, env=env)
+    cp = llmfn("init", "app", "--starter", "nope", cwd=tmp_path, env=env)
     assert cp.returncode == 2
     assert "nope" in cp.stderr
     for starter in STARTERS:
         assert starter in cp.stderr
     assert not (tmp_path / "app").exists()
+
+
+def test_init_template_still_names_the_starter_with_a_deprecation_note(tmp_path, env):
+    cp = llmfn("init", "digest", "--template", "scheduled-digest", cwd=tmp_path, env=env)
+    assert cp.returncode == 0, cp.stderr
+    assert "--template is deprecated; use --starter" in cp.stderr
+    assert "llmfn invoke DigestFunction" in cp.stderr  # the scheduled-digest starter, not the default

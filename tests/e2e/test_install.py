@@ -83,7 +83,7 @@ def user_env(installed, tmp_path) -> dict:
 
 
 def _init_hello(llmfn: str, cwd: Path, env: dict) -> Path:
-    cp = _run([llmfn, "init", "hello", "--template", "hello-llm"], cwd=cwd, env=env)
+    cp = _run([llmfn, "init", "hello", "--starter", "hello-llm"], cwd=cwd, env=env)
     assert "cd hello && llmfn invoke HelloFunction" in cp.stderr
     return cwd / "hello"
 
@@ -92,7 +92,7 @@ def test_installed_wheel_runs_init_and_invoke_with_an_llm_call(installed, user_e
     user_env["LLMFN_CACHE_DIR"] = str(model_cache)
     llmfn = str(installed / "llmfn")
     project = _init_hello(llmfn, tmp_path, user_env)
-    cp = subprocess.run([llmfn, "invoke", "HelloFunction", "-e", "events/event.json", "--port", "0"],
+    cp = subprocess.run([llmfn, "invoke", "HelloFunction", "-e", "events/event.json", "--gateway-port", "0"],
                         cwd=project, env=user_env, capture_output=True, text=True, timeout=180)
     out = result(cp)
     assert out["statusCode"] == 200
@@ -135,7 +135,7 @@ def test_installed_wheel_with_the_embedded_s3_extra_serves_the_http_api(with_emb
     user_env["LLMFN_CACHE_DIR"] = str(model_cache)
     llmfn = str(with_embedded_s3 / "llmfn")
     project = _init_hello(llmfn, tmp_path, user_env)
-    proc = subprocess.Popen([llmfn, "serve", "--port", "0", "--api-port", "0", "--lambda-port", "0"],
+    proc = subprocess.Popen([llmfn, "serve", "--gateway-port", "0", "--api-port", "0", "--lambda-port", "0"],
                             cwd=project, env=user_env, stderr=subprocess.PIPE, text=True)
     try:
         url = _printed_url(proc, "http api")

@@ -93,7 +93,7 @@ class Service:
 
 
 def _serve(project: Path, data: Path, env: dict, *extra: str) -> Service:
-    server = Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+    server = Server("serve", "--template", str(project / "template.yaml"), "--gateway-port", "0", "--api-port", "0",
                     "--lambda-port", "0", "--data-dir", str(data), "--n-ctx", "512", *extra,
                     ready="lambda api", env=env)
     return Service(server, data, {name: server.wait_for(rf"llmfn {name} on (http://\S+)").group(1)

@@ -31,7 +31,7 @@ def _start(args, env_extra=None):
 
 @pytest.mark.llama  # llmfn serve starts the pool
 def test_serve_with_model_flag_serves_and_stops_cleanly(model_cache):
-    proc, url, _ = _start(["--port", "0", "--model", "tiny=embedded", "--n-ctx", "512",
+    proc, url, _ = _start(["--gateway-port", "0", "--model", "tiny=embedded", "--n-ctx", "512",
                            "--idle-timeout", "60"], {"LLMFN_CACHE_DIR": str(model_cache)})
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
@@ -61,7 +61,7 @@ Resources:
     Type: AWS::Serverless::Function
     Properties: {CodeUri: ., Handler: app.handler, Runtime: python3.11}
 """)
-    proc, url, _ = _start(["--port", "0", "--api-port", "0", "--lambda-port", "0", "--template", str(template)],
+    proc, url, _ = _start(["--gateway-port", "0", "--api-port", "0", "--lambda-port", "0", "--template", str(template)],
                           {"LLMFN_CACHE_DIR": str(model_cache)})
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
@@ -77,7 +77,7 @@ def test_pool_flags_override_the_templates_pool(model_cache, tmp_path):
     template = tmp_path / "template.yaml"
     template.write_text("Metadata:\n  llmfn:\n    models:\n      small-chat:\n        pool: {n_ctx: 256}\n"
                         "Resources: {}\n")
-    proc, url, _ = _start(["--port", "0", "--template", str(template), "--data-dir", str(tmp_path / "data"),
+    proc, url, _ = _start(["--gateway-port", "0", "--template", str(template), "--data-dir", str(tmp_path / "data"),
                            "--n-ctx", "320"], {"LLMFN_CACHE_DIR": str(model_cache)})
     try:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)

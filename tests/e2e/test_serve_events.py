@@ -43,7 +43,7 @@ def _serve(tmp_path, env, *extra, function_env=None):
     env_vars = tmp_path / "env.json"
     env_vars.write_text(json.dumps({"Parameters": {"TEST_CALL_LOG": str(tmp_path / "calls.log"),
                                                    **(function_env or {})}}))
-    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+    return Server("serve", "--template", str(project / "template.yaml"), "--gateway-port", "0", "--api-port", "0",
                   "--lambda-port", "0", "--data-dir", str(tmp_path / "data"), "--env-vars", str(env_vars),
                   *extra, ready="lambda api", env={"LLMFN_RETRY_DELAY_S": "0.3", "LLMFN_S3_POLL_S": "0.3", **env})
 

@@ -35,7 +35,7 @@ RUNS_THE_MODEL = GENERATING | {"/v1/embeddings", "/score", "/v1/score", "/rerank
 def fuzzed(model_cache, tmp_path_factory):
     env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(tmp_path_factory.mktemp("fuzz")),
            "LLMFN_ADMIN_KEY": ADMIN}
-    server = Server("serve", "--port", "0", "--model", "embedded", "--n-ctx", "256", "--slots", "2",
+    server = Server("serve", "--gateway-port", "0", "--model", "embedded", "--n-ctx", "256", "--slots", "2",
                     "--max-workers", "1", ready="gateway", env=env)
     try:
         yield server

@@ -28,7 +28,7 @@ MAX_TOOLS = 8
 def serve(model_cache, tmp_path_factory):
     data = tmp_path_factory.mktemp("limits")
     env = {"LLMFN_CACHE_DIR": str(model_cache), "LLMFN_DATA_DIR": str(data), "LLMFN_MAX_TOOLS": str(MAX_TOOLS)}
-    server = Server("serve", "--port", "0", "--api-port", "0", "--lambda-port", "0", "--model", "embedded",
+    server = Server("serve", "--gateway-port", "0", "--api-port", "0", "--lambda-port", "0", "--model", "embedded",
                     "--n-ctx", "512", "--max-messages", str(MAX_MESSAGES), ready="gateway", env=env)
     server.data_dir = data
     try:

@@ -125,7 +125,7 @@ def result(cp: subprocess.CompletedProcess) -> dict:
 def serve_project(project: Path, env: dict | None = None) -> Server:
     """``llmfn serve`` of a project folder (its ``template.yaml``) on free ports, with its
     data dir inside the project."""
-    return Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+    return Server("serve", "--template", str(project / "template.yaml"), "--gateway-port", "0", "--api-port", "0",
                   "--lambda-port", "0", "--data-dir", str(project / "data"), ready="lambda api", env=env)
 
 

@@ -48,6 +48,7 @@ class FakeInstance:
         self.init_duration_ms: float | None = None
         self.last_used = 0.0
         self.invocations = 0
+        self.prewarmed = False
         self.stop_signal: int | None = None
         self._exit = asyncio.get_running_loop().create_future()
         self._loop: asyncio.Task | None = None
@@ -139,6 +140,18 @@ async def test_a_warm_instance_is_reused_and_only_the_cold_start_reports_init(di
     assert len(instances.started) == 1 and instances.started[0].invocations == 2
     assert first_report.init_duration_ms is not None and second_report.init_duration_ms is None
     assert "Init Duration" in first_report.line() and "Init Duration" not in second_report.line()
+
+
+async def test_prewarming_starts_an_instance_that_the_first_invocation_finds_warm(dispatch):
+    d, instances = dispatch()
+    await d.prewarm()
+    [inst] = instances.started
+    assert inst.ready.done() and inst.invocations == 0  # initialized before anything asked for it
+    result = await d.invoke("Fn", {"n": 1})
+    report = await result.report
+    assert json.loads(result.outcome.body) == {"echo": {"n": 1}}
+    assert len(instances.started) == 1 and report.init_duration_ms is None
+    assert "Init Duration" not in report.line()
 
 
 async def test_no_more_than_max_instances_run_and_further_invocations_wait_for_one(dispatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -167,8 +167,15 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fields: I
         if typing.get_origin(info.annotation) is list:
             kw.update(action="append", metavar=name.upper())
         elif typing.get_origin(info.annotation) is typing.Literal:
-            kw.update(choices=typing.get_args(info.annotation), type=str.upper)
+            choices = typing.get_args(info.annotation)
+            kw.update(choices=choices, type=_one_of(choices))
         parser.add_argument(*names, **kw)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A flag's value as the choice it names, whatever its case (``eager`` is ``EAGER``)."""
+    by_lower = {c.lower(): c for c in choices}
+    return lambda value: by_lower.get(value.lower(), value)
 
 
 def from_flags(model: type[BaseModel], args: argparse.Namespace, **fixed: Any):

@@ -51,7 +51,7 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(project, model_cache):
     """``llmfn serve --log-format json`` of the project."""
-    server = Server("serve", "--template", str(project / "template.yaml"), "--port", "0", "--api-port", "0",
+    server = Server("serve", "--template", str(project / "template.yaml"), "--gateway-port", "0", "--api-port", "0",
                     "--lambda-port", "0", "--data-dir", str(project / "data"), "--log-format", "json",
                     ready="lambda api", env={"LLMFN_CACHE_DIR": str(model_cache)})
     try:

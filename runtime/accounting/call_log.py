@@ -85,9 +85,12 @@ def _where(flt: CallFilter) -> tuple[list[str], list[Any]]:
 def _parse_cursor(cursor: str) -> list[Any]:
     ts, _, rowid = cursor.partition(":")
     try:
-        return [float(ts), int(rowid)]
+        position = [float(ts), int(rowid)]
     except ValueError:
-        raise ValueError(f"{cursor!r} is not a cursor from an earlier page") from None
+        position = None
+    if position is None or not 0 <= position[1] < 2 ** 63:  # SQLite's rowids are 64-bit
+        raise ValueError(f"{cursor!r} is not a cursor from an earlier page")
+    return position
 
 
 def _row(values: tuple) -> dict[str, Any]:
@@ -124,6 +127,6 @@ def parse_moment(text: str, *, end: bool = False) -> float:
         moment = datetime.fromisoformat(text.strip())
         if end and len(text.strip()) == 10:
             moment += timedelta(days=1)
-    except ValueError:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
         raise ValueError(f"{text!r} is neither seconds since the epoch nor an ISO date") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

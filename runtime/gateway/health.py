@@ -4,7 +4,7 @@ gateway process serves, and whether it would admit a request now.
 Ready means a call arriving now would be admitted: the ledger takes rows (an
 unhealthy one is probed, so readiness comes back as soon as the disk does) and
 every model's pool either has a warm worker or can cold-start one (it is not
-shutting down and its queue is not full). Otherwise 503 with the reasons, as
+shutting down, and it has a free slot or room in its queue). Otherwise 503 with the reasons, as
 llama.cpp's server answers 503 while it loads. This module reads the pools and
 the ledger; it never changes them.
 """
@@ -19,7 +19,7 @@ from runtime.accounting.ledger import committed
 from runtime.errors import LedgerUnavailable
 from runtime.gateway.charging import ACCOUNTING
 from runtime.gateway.state import POOLS
-from runtime.pool.pool import PoolState
+from runtime.pool.pool import PoolState, WorkerState
 
 PROBE_TIMEOUT = 5.0  # a ledger probe slower than this counts as unavailable
 
@@ -37,9 +37,10 @@ def pool_readiness(pool, stopping: bool = False) -> tuple[bool, str]:
     if stopping:
         return False, "the gateway is shutting down"
     status = pool.status()
-    limit = pool.config.pool.queue_limit
-    if status["queued"] >= limit:
-        return False, f"{status['queued']} requests waiting (queue_limit {limit})"
+    config = pool.config.pool
+    free = status["workers"][WorkerState.WARM] * config.slots - status["in_flight"]
+    if free <= 0 and status["queued"] >= config.queue_limit:  # as the pool's admission decides
+        return False, f"no free slot and {status['queued']} requests waiting (queue_limit {config.queue_limit})"
     state = status["state"]
     if state == PoolState.WARM:
         return True, "warm"

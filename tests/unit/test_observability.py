@@ -18,9 +18,11 @@ from runtime.accounting.quotas import Limits
 from runtime.errors import LedgerUnavailable
 from runtime.gateway import GatewayConfig, build_app
 from runtime.gateway.charging import ACCOUNTING
+from runtime.gateway.health import pool_readiness
 from runtime.gateway.metrics import METRICS
 from runtime.pool import ModelStore
 from tests.support.cli import llmfn
+from tests.support.gateway import model
 
 ADMIN = "sk-observability-admin"
 
@@ -92,6 +94,31 @@ async def test_readiness_is_503_once_the_gateway_shuts_down(gateway):
     await gateway.app.shutdown()
     reply = await gateway.get("/health/ready")
     assert reply.status == 503 and "shutting down" in " ".join((await reply.json())["reasons"])
+
+
+class _Pool:
+    """What readiness reads of a pool: its status and its configuration."""
+
+    def __init__(self, state: str, warm: int, in_flight: int, queued: int, **pool):
+        self.config = model(**pool)
+        self._status = {"state": state, "workers": {"starting": 0, "warm": warm, "draining": 0},
+                        "in_flight": in_flight, "queued": queued}
+
+    def status(self) -> dict:
+        return self._status
+
+
+@pytest.mark.parametrize(("pool", "ready", "reason"), [
+    (_Pool("cold", 0, 0, 0), True, "cold"),
+    (_Pool("warm", 1, 0, 0), True, "warm"),
+    (_Pool("warm", 1, 2, 3, slots=2, queue_limit=3), False, "queue_limit 3"),
+    (_Pool("warm", 1, 1, 3, slots=2, queue_limit=3), True, "warm"),  # a free slot takes it
+    (_Pool("starting", 0, 0, 64), False, "queue_limit 64"),
+])
+def test_a_model_is_ready_unless_its_slots_and_queue_are_full(pool, ready, reason):
+    ok, why = pool_readiness(pool)
+    assert ok is ready and reason in why
+    assert pool_readiness(pool, stopping=True)[0] is False
 
 
 # ---- metrics ---------------------------------------------------------------------

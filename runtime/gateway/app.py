@@ -3,6 +3,7 @@ middlewares and lifecycle. Its routes are the table in ``runtime.gateway.routes`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODE
 from runtime.pool import ModelStore, Pools
 from runtime.template.model_spec import ModelConfig
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class GatewayConfig:
@@ -44,7 +47,10 @@ async def _refresh_keys(keys: KeyStore, budgets) -> None:
     and the budget gauges follow them."""
     loop = asyncio.get_running_loop()
     while True:
-        await budgets()
+        try:
+            await budgets()
+        except Exception:  # noqa: BLE001 - a Redis outage must not stop keys from reloading
+            log.warning("key budget gauges not refreshed", exc_info=True)
         await asyncio.sleep(2.0)
         await loop.run_in_executor(None, keys.reload)
 

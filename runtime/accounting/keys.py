@@ -128,5 +128,9 @@ class KeyStore:
     def is_revoked(self, secret: str) -> bool:
         return key_hash(secret) in self._revoked
 
+    def active(self) -> list[KeyRecord]:
+        """The keys not revoked, as last loaded (no I/O)."""
+        return list(self._by_name.values())
+
     def get(self, name: str) -> KeyRecord | None:
         return self._by_name.get(name)

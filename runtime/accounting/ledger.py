@@ -69,7 +69,7 @@ class LedgerCall(Protocol):
 log = logging.getLogger(__name__)
 
 RUNNING = LedgerStatus.RUNNING  # admitted, not ended: the status of a call in flight
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 (no version) is the first ledger format
+SCHEMA_VERSION = 3  # PRAGMA user_version; 0 (no version) is the first ledger format
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS calls (
@@ -98,6 +98,8 @@ INDEXES_V2 = (
     "CREATE UNIQUE INDEX IF NOT EXISTS calls_call_id ON calls (call_id) WHERE call_id IS NOT NULL",
     f"CREATE INDEX IF NOT EXISTS calls_running ON calls (owner) WHERE status = '{RUNNING}'",
 )
+# version 3: one function's or key's calls, newest first (``GET /v1/usage/calls``)
+INDEXES_V3 = ("CREATE INDEX IF NOT EXISTS calls_resource_ts ON calls (resource, ts)",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,9 @@ UPDATE_PROGRESS = (f"UPDATE calls SET {', '.join(f'{c} = ?' for c in PROGRESS)}"
 BUDGET_TOKENS = (f"CASE WHEN status = '{RUNNING}' OR error_type = '{INTERRUPTED}'"
                  " THEN MAX(reserved_tokens, prompt_tokens + completion_tokens)"
                  " ELSE prompt_tokens + completion_tokens END")
+# what a probe writes and rolls back: the size of an ordinary row, so a full disk refuses it
+_PROBE = LedgerRow(0.0, ServiceType.KEY, "probe", None, "probe", 0, 0, 0, LedgerStatus.FAILURE, "probe",
+                   0.0, None, request_id="0" * 32, endpoint="probe", call_id=None)
 # a failed write that is the row's fault, not the file's: the other rows of its batch still go in
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                sqlite3.DataError)
@@ -163,7 +168,7 @@ _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.Programmi
 
 @dataclass(slots=True)
 class _Op:
-    kind: Literal["admit", "complete", "insert", "barrier"]
+    kind: Literal["admit", "complete", "insert", "barrier", "probe"]
     row: LedgerRow | None
     done: Future | None
 
@@ -249,6 +254,19 @@ class Ledger:
         fut: Future = Future()
         self._submit(_Op("barrier", None, fut), bounded=False)
         fut.result()
+
+    def probe(self) -> Future:
+        """Try a write (rolled back) in the writer's next batch: resolved when the
+        file takes rows again, ``LedgerUnavailable`` when it still cannot. It is how
+        an unhealthy ledger learns it has recovered before a call risks it."""
+        fut: Future = Future()
+        self._submit(_Op("probe", None, fut), bounded=False)
+        return fut
+
+    @property
+    def backlogged(self) -> bool:
+        """The backlog is at its bound: an admission now would be refused."""
+        return self._bounded >= self.max_pending
 
     def close(self) -> None:
         """Write what is queued, mark this process's unfinished calls interrupted,
@@ -355,6 +373,11 @@ class Ledger:
                         c.execute(INSERT, _values(op.row))  # its admission was never written
                 elif op.kind == "insert":
                     c.execute(INSERT, _values(op.row))
+                elif op.kind == "probe":
+                    c.execute("SAVEPOINT probe")
+                    c.execute(INSERT, _values(_PROBE))
+                    c.execute("ROLLBACK TO probe")
+                    c.execute("RELEASE probe")
             if progress:
                 c.executemany(UPDATE_PROGRESS, [(*_progress(r), cid) for cid, r in progress.items()])
             c.execute("COMMIT")
@@ -515,7 +538,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for name, declaration in ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {declaration}")
-        for statement in INDEXES_V2:
+        for statement in (*INDEXES_V2, *INDEXES_V3):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")

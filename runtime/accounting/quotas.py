@@ -299,13 +299,18 @@ class QuotaPolicy:
 
     async def remaining(self, kind: str, resource: str, model: str, limits: Limits) -> int | None:
         """Tokens left in the tighter budget (None: no budget)."""
+        left = await self.budgets(kind, resource, model, limits)
+        return min(left.values()) if left else None
+
+    async def budgets(self, kind: str, resource: str, model: str, limits: Limits) -> dict[str, int]:
+        """Tokens left per budget this subject has: ``{"daily": n, "monthly": m}``."""
         await self._seed(kind, resource, model, limits)
         subject = self.subject(kind, resource, model)
-        left = []
+        left = {}
         for which, cap in (("daily", limits.daily_tokens), ("monthly", limits.monthly_tokens)):
             if cap is not None:
-                left.append(max(0, cap - await self.counters.spent(subject, which)))
-        return min(left) if left else None
+                left[which] = max(0, cap - await self.counters.spent(subject, which))
+        return left
 
 
 _RESERVE = """

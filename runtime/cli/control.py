@@ -121,9 +121,10 @@ def usage(args: argparse.Namespace) -> int:
     from runtime.accounting.ledger import Ledger
     from runtime.accounting.reports import parse_period, render_text, usage_report
 
+    if args.calls:
+        return _calls(args)
     since, until = parse_period(args.since, args.from_, args.to, time.time())
-    service_type, resource = (("function", args.function) if args.function else
-                              ("key", args.key) if args.key else (None, None))
+    service_type, resource = _subject(args)
     settings = settings_of(args)
     secure(settings.data_dir)
     ledger = Ledger(settings.ledger_path)
@@ -134,6 +135,51 @@ def usage(args: argparse.Namespace) -> int:
         ledger.close()
     print(json.dumps(report, indent=2) if args.json else render_text(report))
     return 0
+
+
+def _subject(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    return (("function", args.function) if args.function else
+            ("key", args.key) if args.key else (None, None))
+
+
+def _calls(args: argparse.Namespace) -> int:
+    """``llmfn usage --calls``: the ledger's rows, newest first, a page at a time."""
+    from runtime.accounting import call_log
+    from runtime.accounting.ledger import Ledger
+
+    service_type, resource = _subject(args)
+    flt = call_log.CallFilter(service_type=service_type, resource=resource, model=args.model,
+                              status=args.status, since=_calls_since(args.since or args.from_),
+                              until=call_log.parse_moment(args.to, end=True) if args.to else None)
+    settings = settings_of(args)
+    secure(settings.data_dir)
+    ledger = Ledger(settings.ledger_path)
+    try:
+        page = call_log.list_calls(ledger, flt, limit=args.limit, cursor=args.cursor)
+    finally:
+        ledger.close()
+    fmt = "json" if args.json else args.format
+    text = {"json": lambda: json.dumps(page, indent=2) + "\n", "csv": lambda: call_log.to_csv(page["data"]),
+            "text": lambda: call_log.render_text(page["data"])}[fmt]()
+    sys.stdout.write(text)
+    if page["next_cursor"]:
+        print(f"more calls: --cursor {page['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def _calls_since(text: str | None) -> float | None:
+    """A period back from now (7d, 2w, 3m) or a moment (ISO date or datetime)."""
+    import time
+
+    from runtime.accounting.call_log import parse_moment
+    from runtime.accounting.reports import parse_period
+
+    if not text:
+        return None
+    try:
+        return parse_moment(text)
+    except ValueError:
+        return parse_period(text, None, None, time.time())[0]
 
 
 def deploy(args: argparse.Namespace) -> int:

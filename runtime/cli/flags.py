@@ -86,6 +86,11 @@ def _add_commands(sub) -> None:
     p.add_argument("--to", help="Last day, YYYY-MM-DD.")
     p.add_argument("--by", choices=["day", "model", "resource"], default="day")
     p.add_argument("--json", action="store_true", help="The report as JSON.")
+    p.add_argument("--calls", action="store_true", help="List individual calls (newest first) instead of a report.")
+    p.add_argument("--status", choices=["success", "failure", "running"], help="With --calls: only these calls.")
+    p.add_argument("--limit", type=int, default=100, help="With --calls: calls per page (at most 1000).")
+    p.add_argument("--cursor", help="With --calls: the next page, from the cursor the last one printed.")
+    p.add_argument("--format", choices=["text", "csv", "json"], default="text", help="With --calls: output format.")
     add_flags(p, Settings, ("data_dir",))
 
     p = sub.add_parser("deploy", help="Build, upload to S3 and switch the running service to new code.")

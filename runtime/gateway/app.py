@@ -3,6 +3,7 @@ middlewares and lifecycle. Its routes are the table in ``runtime.gateway.routes`
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,15 @@ from runtime.errors import LlmfnError
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
 from runtime.gateway.charging import ACCOUNTING, Accounting, QuotaBook
+from runtime.gateway.health import LIFECYCLE, Lifecycle
 from runtime.gateway.http_errors import LIMITS, REQUEST_ID, InputLimits, errors_middleware
 from runtime.gateway.metrics import UNKNOWN_MODEL, Metrics
 from runtime.gateway.routes import LLM_ENDPOINTS, add_routes
 from runtime.gateway.state import AUTH, CALLS, INVOCATIONS, METER, METRICS, MODEL_HINT, POOLS, STARTED
 from runtime.pool import ModelStore, Pools
 from runtime.template.model_spec import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,10 +42,15 @@ class GatewayConfig:
     limits: InputLimits = field(default_factory=InputLimits)
 
 
-async def _refresh_keys(keys: KeyStore) -> None:
-    """Keys created or revoked by ``llmfn keys`` in another process take effect here."""
+async def _refresh_keys(keys: KeyStore, budgets) -> None:
+    """Keys created or revoked by ``llmfn keys`` in another process take effect here,
+    and the budget gauges follow them."""
     loop = asyncio.get_running_loop()
     while True:
+        try:
+            await budgets()
+        except Exception:  # noqa: BLE001 - a Redis outage must not stop keys from reloading
+            log.warning("key budget gauges not refreshed", exc_info=True)
         await asyncio.sleep(2.0)
         await loop.run_in_executor(None, keys.reload)
 
@@ -129,11 +138,21 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     app[METRICS] = metrics
     app[POOLS] = pools
     app[STARTED] = time.time()
+    app[LIFECYCLE] = lifecycle_state = Lifecycle()
     add_routes(app)
+
+    async def stopping(app: web.Application) -> None:
+        lifecycle_state.stopping = True  # /health/ready answers 503 from here on
+
+    app.on_shutdown.append(stopping)
 
     async def lifecycle(app: web.Application):
         await pools.start()
-        refresher = asyncio.create_task(_refresh_keys(keys)) if keys else None
+        refresher = None
+        if keys:
+            models = [m.name for m in config.models]
+            refresher = asyncio.create_task(_refresh_keys(
+                keys, lambda: metrics.refresh_budgets(acct, keys, models)))
         yield
         if refresher:
             refresher.cancel()

@@ -24,7 +24,7 @@ from runtime.accounting.status import CallerKind, ServiceType
 from runtime.errors import AuthenticationFailed, PermissionDenied
 from runtime.gateway.usage_page import PUBLIC_PATHS as PAGE_PATHS
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | PAGE_PATHS
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/openapi.json"}) | PAGE_PATHS
 ADMIN_PREFIX = "/admin/"  # every route under it is the control plane
 TOKEN_PREFIX = "llmfn-inv-"
 

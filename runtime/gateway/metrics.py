@@ -1,7 +1,11 @@
 """Prometheus metrics (``GET /metrics``): a sink of finished calls plus pool gauges.
 
 Every label takes a bounded set of values: models are the served ones (any
-other name is ``unknown``), endpoints and statuses are the gateway's own."""
+other name is ``unknown``), endpoints and statuses are the gateway's own, and
+callers are the identities the gateway itself knows: the template's functions
+(invocation tokens are minted for them only), the key store's keys, the static
+keys (``key-N``), ``admin`` and ``anonymous``. A caller's token never becomes a
+label: an unknown token is refused or is ``anonymous``."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -11,10 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from runtime.accounting.status import call_label
+from runtime.accounting.status import CallerKind, ServiceType, call_label
+from runtime.gateway.auth import Principal
 
 if TYPE_CHECKING:
+    from runtime.accounting.keys import KeyStore
     from runtime.gateway.calls import CallRecord
+    from runtime.gateway.charging import Accounting
     from runtime.pool import Pools
 
 UNKNOWN_MODEL = "unknown"
@@ -37,6 +44,12 @@ class Metrics:
                               buckets=_LATENCY, registry=r)
         self.latency = Histogram("llmfn_request_duration_seconds", "Request duration.",
                                  ["model", "endpoint"], buckets=_LATENCY, registry=r)
+        self.calls = Counter("llmfn_calls", "LLM calls by model, caller and outcome.",
+                             ["model", "caller_kind", "caller", "status"], registry=r)
+        self.caller_tokens = Counter("llmfn_caller_tokens", "Tokens by model, caller and type.",
+                                     ["model", "caller_kind", "caller", "type"], registry=r)
+        self.budgets = _BudgetCollector()
+        r.register(self.budgets)
         self.cold_starts = Counter("llmfn_cold_starts", "Worker cold starts.", ["model"], registry=r)
         # llama.cpp server's own series, so its dashboards work on llmfn as they are.
         self.llamacpp_prompt = Counter("llamacpp:prompt_tokens", "Prompt tokens processed (not cached).",
@@ -60,6 +73,21 @@ class Metrics:
         self.models = frozenset(pool.name for pool in pools)
         self.registry.register(_PoolCollector(pools))
 
+    async def refresh_budgets(self, acct: Accounting, keys: KeyStore, models: list[str]) -> None:
+        """Refresh ``llmfn_key_budget_remaining_tokens`` from the quota counters (seeded
+        once per period from the ledger's totals), so a scrape never scans the ledger."""
+        left = {}
+        for record in keys.active():
+            if record.limits.daily_tokens is None and record.limits.monthly_tokens is None:
+                continue
+            principal = Principal(CallerKind.KEY, record.name)
+            for model in models:
+                budgets = await acct.policy.budgets(ServiceType.KEY, record.name, model,
+                                                    acct.book.limits(principal, model))
+                for which, tokens in budgets.items():
+                    left[(record.name, model, "day" if which == "daily" else "month")] = tokens
+        self.budgets.left = left
+
     def observe_ttft(self, model: str, seconds: float) -> None:
         self.ttft.labels(self.model(model)).observe(seconds)
 
@@ -67,6 +95,11 @@ class Metrics:
         model = self.model(call.model)
         self.requests.labels(model, call.endpoint, call_label(call.status, call.error)).inc()
         self.latency.labels(model, call.endpoint).observe(call.latency_s)
+        who = (call.principal.kind, call.principal.name)
+        self.calls.labels(model, *who, call_label(call.status, call.error)).inc()
+        for kind, n in (("prompt", call.prompt_tokens), ("completion", call.completion_tokens)):
+            if n:
+                self.caller_tokens.labels(model, *who, kind).inc(n)
         for counter, n in ((self.prompt_tokens, call.prompt_tokens),
                            (self.completion_tokens, call.completion_tokens),
                            (self.cached_tokens, call.cached_tokens)):
@@ -77,6 +110,22 @@ class Metrics:
                 self.llamacpp_prompt.labels(model).inc(call.prompt_tokens - call.cached_tokens)
             if call.completion_tokens:
                 self.llamacpp_predicted.labels(model).inc(call.completion_tokens)
+
+
+class _BudgetCollector:
+    """Tokens left per key, model and budget period: a snapshot the gateway
+    refreshes every few seconds, so a scrape reads no ledger nor Redis."""
+
+    def __init__(self) -> None:
+        self.left: dict[tuple[str, str, str], int] = {}  # (key, model, "day"|"month") -> tokens
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("llmfn_key_budget_remaining_tokens",
+                                  "Tokens left in a key's daily or monthly budget for a model.",
+                                  labels=["key", "model", "period"])
+        for labels, tokens in sorted(self.left.items()):
+            gauge.add_metric(list(labels), tokens)
+        yield gauge
 
 
 class _PoolCollector:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from runtime.gateway import admin, embeddings, generation, models_api, usage_api, usage_page
+from runtime.gateway import admin, embeddings, generation, health, models_api, usage_api, usage_page
 from runtime.gateway import schemas as s
 from runtime.gateway.metrics import metrics
 from runtime.gateway.openapi import Operation, Operations, openapi_document, openapi_path
@@ -54,10 +54,15 @@ ROUTES: tuple[Route, ...] = (
     *(Route("POST", path, embeddings.score, _SCORE, "score") for path in ("/score", "/v1/score")),
     *(Route("POST", path, embeddings.rerank, _RERANK, "rerank")
       for path in ("/rerank", "/v1/rerank", "/v2/rerank")),
-    Route("GET", "/health", models_api.health, Operation("Liveness and pool states")),
+    Route("GET", "/health", health.health, Operation("Liveness and pool states")),
+    Route("GET", "/health/live", health.live, Operation("Liveness: 200 while the gateway serves")),
+    Route("GET", "/health/ready", health.ready,
+          Operation("Readiness: 200 when a call would be admitted now, 503 with the reasons")),
     Route("GET", "/metrics", metrics, Operation("Prometheus metrics")),
     Route("GET", "/openapi.json", openapi, Operation("This document")),
     Route("GET", "/v1/usage", usage_api.usage, Operation("Token usage from the ledger", query=usage_api.USAGE_QUERY)),
+    Route("GET", "/v1/usage/calls", usage_api.calls,
+          Operation("Individual calls from the ledger, paged, as JSON or CSV", query=usage_api.CALLS_QUERY)),
     Route("GET", "/v1/invocation/quota", usage_api.invocation_quota,
           Operation("Tokens left to the calling invocation", query=("model",))),
     Route("GET", "/v1/invocation/usage", usage_api.invocation_usage,

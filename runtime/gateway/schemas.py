@@ -397,6 +397,8 @@ class PoolStatus(BaseModel):
     in_flight: int
     spare: SpareState | None = None  # an interpreter waiting to take the next cold start
     last_cold_start: dict[str, Any] | None = None
+    ready: bool = True  # a call to this model would be admitted now (see ``/health/ready``)
+    reason: str = ""  # why it is, or is not, ready
 
 
 class ModelCard(BaseModel):

@@ -247,6 +247,38 @@ def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gate
     assert call(f"{gw.url}/v1/completions", body).status == 200
 
 
+def _metric(text: str, series: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split(" ")[1])
+    return None
+
+
+def test_a_keys_call_shows_in_readiness_metrics_budget_gauge_and_call_list(make_gateway, data):
+    secret = KeyStore(data["keys_path"]).create("carol", limits=Limits(daily_tokens=1000))
+    gw = make_gateway(model(), **data)
+    [card] = call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).json()["data"]
+    assert card["pool"]["ready"] is True and "cold" in card["pool"]["reason"]
+    reply = call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3},
+                 headers=_bearer(secret))
+    assert reply.status == 200
+    usage = reply.json()["usage"]
+    [card] = call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).json()["data"]
+    assert (card["pool"]["ready"], card["pool"]["reason"]) == (True, "warm")
+    assert call(f"{gw.url}/health/ready", method="GET").status == 200
+    who = f'caller="carol",caller_kind="key",model="{MODEL}"'
+    metrics = call(f"{gw.url}/metrics", method="GET").body.decode()
+    assert _metric(metrics, f'llmfn_calls_total{{{who},status="success"}}') == 1
+    assert _metric(metrics, f'llmfn_caller_tokens_total{{{who},type="prompt"}}') == usage["prompt_tokens"]
+    assert _metric(metrics, f'llmfn_caller_tokens_total{{{who},type="completion"}}') == usage["completion_tokens"]
+    gauge = f'llmfn_key_budget_remaining_tokens{{key="carol",model="{MODEL}",period="day"}}'
+    wait_until(lambda: _metric(call(f"{gw.url}/metrics", method="GET").body.decode(), gauge)
+               == 1000 - usage["total_tokens"], timeout=10)
+    [row] = call(f"{gw.url}/v1/usage/calls", method="GET", headers=_bearer(secret)).json()["data"]
+    assert (row["request_id"], row["status"], row["prompt_tokens"]) == (
+        reply.headers["x-request-id"], "success", usage["prompt_tokens"])
+
+
 async def test_a_budget_in_redis_keeps_what_a_crashed_gateway_reserved(redis_url):
     from runtime.accounting.quotas import QuotaPolicy, RedisCounters
     from runtime.errors import QuotaExhausted

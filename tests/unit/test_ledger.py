@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runtime.accounting import Ledger, LedgerRow, usage_report
-from runtime.accounting.ledger import COLUMNS, committed
+from runtime.accounting.ledger import COLUMNS, SCHEMA_VERSION, committed
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy
 from runtime.accounting.reports import parse_period, render_text
 from runtime.accounting.status import CallStatus
@@ -381,7 +381,7 @@ def test_a_ledger_of_the_previous_format_opens_reports_and_takes_new_calls(tmp_p
                           astuple(row(JAN1 + 60, prompt=3, completion=0, ok=False))[:14]])
         conn.commit()
     ledger = Ledger(path)
-    assert ledger.read("PRAGMA user_version")[0][0] == 2
+    assert ledger.read("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     r = usage_report(ledger, since=JAN1, until=JAN1 + DAY)["totals"]
     assert (r["calls"], r["success"], r["failure"], r["input_tokens"]) == (2, 1, 1, 13)
     assert ledger.totals("summarize", None, JAN1) == 18

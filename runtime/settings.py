@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     log_level: str = Field("INFO", description="Logging level.")
+    reload: bool = Field(True, description="Pick up changes to the template, a function's CodeUri files or its "
+                                           "layers at the next invocation, with no restart.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
                                 description="Largest request body the gateway reads (bytes); larger is a 413.")
     max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")

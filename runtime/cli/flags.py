@@ -13,7 +13,8 @@ from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, 
 # Flags of every command that runs the product; serve adds its own.
 _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzipped_bytes", "bundle_max_entries",
                  "event_queue_limit", "failure_destination", "retry_delay_s", "s3_poll_s")
-_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY)
+_NEGATED = ("reload",)  # on by default: --no-<name> turns it off (the variable takes true or false)
+_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY + _NEGATED)
 _FLAGS = {"env_vars": ("--env-vars", "-n")}
 # Where a client of the control plane finds the admin key: LLMFN_ADMIN_KEY, the key
 # file, the data dir's admin.key (on the service's machine).
@@ -25,6 +26,9 @@ _SECRET_FLAGS = {"admin_key": ("--admin-key", "LLMFN_ADMIN_KEY or --admin-key-fi
 
 def _run_flags(p: argparse.ArgumentParser, extra: tuple[str, ...] = (), **kw) -> None:
     add_flags(p, Settings, _RUN + extra, flags={**_FLAGS, "api_port": ("--api-port", "-p")}, **kw)
+    for name in _NEGATED:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=None,
+                       help=f"{Settings.model_fields[name].description} [env LLMFN_{name.upper()}]")
     pools = p.add_argument_group("model pools", "Each one given overrides every served model's pool.")
     add_flags(pools, PoolSettings)
 

@@ -1,4 +1,4 @@
-"""Hot reload under ``llmfn start-api``: an edited handler is what the next
+"""Hot reload under ``llmfn start-api`` (and ``serve``): an edited handler is what the next
 invocation runs, with no restart; an invocation in flight finishes on the old
 code; a template that fails validation keeps the old version serving and the
 log says why; ``--no-reload`` keeps the code a warm instance has loaded. The
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import Server, wait_until
+from tests.support.cli import Server, serve_project, server_url, wait_until
 from tests.support.gateway import call
 
 pytestmark = pytest.mark.llama
@@ -67,8 +67,8 @@ def _start_api(project: Path, env: dict, *flags: str) -> Server:
                   *flags, ready="start-api", env=env)
 
 
-def _answer(server: Server, path: str = "/answer") -> str:
-    reply = call(f"{server.url}{path}", method="GET")
+def _answer(server: Server, path: str = "/answer", url: str | None = None) -> str:
+    reply = call(f"{url or server.url}{path}", method="GET")
     assert reply.status == 200, reply.body
     return reply.body.decode()
 
@@ -125,5 +125,17 @@ def test_no_reload_keeps_the_code_a_warm_instance_loaded(project, env):
         time.sleep(2)  # longer than a reload takes to notice and group changes
         assert _answer(server) == "old"
         assert "reload:" not in server.stderr
+    finally:
+        assert server.stop() == 0
+
+
+def test_under_serve_an_edited_handler_replaces_the_template_version_with_no_restart(project, env):
+    server = serve_project(project, env)
+    try:
+        api = server_url(server, "http api")
+        assert _answer(server, url=api) == "old"
+        _write_handler(project, "new")
+        server.wait_for(r"reload: function AnswerFunction: new invocations run the changed code")
+        assert _answer(server, url=api) == "new"
     finally:
         assert server.stop() == 0

@@ -65,13 +65,16 @@ async def test_a_template_that_fails_validation_changes_nothing_and_says_why_wit
            "version: Resources.Fn.Properties.Handler" in caplog.text
 
 
-async def test_an_edited_file_under_codeuri_swaps_and_one_elsewhere_does_not(tmp_path, code):
-    host = _host(_spec(code))
+async def test_an_edited_file_under_codeuri_or_a_layer_swaps_and_one_elsewhere_does_not(tmp_path, code):
+    layer = tmp_path / "layer"
+    host = _host(_spec(code, layers=[layer]))
     reloader = _reloader(host, tmp_path, lambda: pytest.fail("the template did not change"))
     await reloader.apply({(tmp_path / "notes.txt").resolve()})
     assert host.dispatcher.pool("Fn").generation == 0
     await reloader.apply({(code / "app.py").resolve()})
     assert host.dispatcher.pool("Fn").generation == 1
+    await reloader.apply({(layer / "python" / "shared.py").resolve()})
+    assert host.dispatcher.pool("Fn").generation == 2
 
 
 async def test_a_function_on_a_deployed_version_is_not_replaced_by_local_changes(tmp_path, code, caplog):

@@ -63,32 +63,44 @@ class Reloader:
         self.template_path = template_path.resolve()
         self.read = read  # the one template reader, as the server was configured
         self.ignore = [Path(p).resolve() for p in ignore]  # e.g. a data dir inside a CodeUri
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # every watcher
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self._code: tuple[list[Path], asyncio.Event] = ([], asyncio.Event())  # what the code watcher watches
 
     def _code_roots(self) -> list[Path]:
         paths = {p.resolve() for s in self.host.functions.values() for p in (s.code_uri, *s.layers)}
         return sorted(p for p in paths if p.is_dir() and not _under(p, paths - {p}))
 
     async def start(self) -> None:
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # our own lines say what a change did
         # Two watchers: the template's folder alone (it may hold a data dir or anything
         # else), and the code and layer folders with everything in them.
-        self._tasks = [asyncio.create_task(self._watch([self.template_path.parent], recursive=False))]
-        if roots := self._code_roots():
-            self._tasks.append(asyncio.create_task(self._watch(roots, recursive=True)))
+        self._tasks = [asyncio.create_task(self._watch([self.template_path.parent], self._stop, recursive=False))]
+        self._watch_code()
+
+    def _watch_code(self) -> None:
+        """(Re)start the code watcher when the folders to watch changed (a new CodeUri or layer)."""
+        roots, stop = self._code
+        if (new := self._code_roots()) == roots:
+            return
+        stop.set()  # never awaited here: the old watcher may be the one calling
+        self._code = (new, asyncio.Event())
+        if new:
+            self._tasks.append(asyncio.create_task(self._watch(new, self._code[1], recursive=True)))
 
     async def close(self) -> None:
         self._stop.set()
+        self._code[1].set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
         self._tasks.clear()
 
-    async def _watch(self, paths: list[Path], *, recursive: bool) -> None:
+    async def _watch(self, paths: list[Path], stop: asyncio.Event, *, recursive: bool) -> None:
         watch_filter = DefaultFilter(ignore_paths=[str(p) for p in self.ignore])
         async for changes in awatch(*paths, watch_filter=watch_filter, recursive=recursive, step=STEP_MS,
-                                    debounce=DEBOUNCE_MS, stop_event=self._stop):
+                                    debounce=DEBOUNCE_MS, stop_event=stop):
             try:
                 await self.apply({Path(p).resolve() for _, p in changes})
             except Exception:  # the watcher outlives one reload that went wrong
@@ -111,6 +123,8 @@ class Reloader:
             for name in list(self.host.functions):
                 if (new := template.functions.get(name)) is not None:
                     self._reload(name, new, changed)
+            if self._tasks:  # started: watch the folders the functions now use
+                self._watch_code()
 
     def _reload(self, name: str, new: FunctionSpec, changed: set[Path]) -> None:
         running = self.host.functions[name]

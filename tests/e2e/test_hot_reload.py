@@ -23,7 +23,7 @@ Resources:
   AnswerFunction:
     Type: AWS::Serverless::Function
     Properties:
-      CodeUri: src/
+      CodeUri: {code}
       Handler: {handler}
       Runtime: python3.11
       Timeout: 30
@@ -53,7 +53,7 @@ def handler(event, context):
 def project(tmp_path) -> Path:
     root = tmp_path / "project"
     (root / "src").mkdir(parents=True)
-    (root / "template.yaml").write_text(TEMPLATE.format(handler="app.handler"))
+    (root / "template.yaml").write_text(TEMPLATE.format(code="src/", handler="app.handler"))
     _write_handler(root, "old")
     return root
 
@@ -97,7 +97,7 @@ def test_an_edited_handler_runs_at_the_next_invocation_and_one_in_flight_finishe
 def test_a_template_that_fails_validation_keeps_the_old_version_serving_and_says_why(project, running):
     assert _answer(running) == "old"
     template = project / "template.yaml"
-    template.write_text(TEMPLATE.format(handler="not a handler!"))
+    template.write_text(TEMPLATE.format(code="src/", handler="not a handler!"))
     line = running.wait_for(r"reload: (\S+) is not valid, still serving the previous version: (.*)")
     assert Path(line.group(1)) == template.resolve() and "Handler" in line.group(2)
     assert _answer(running) == "old"
@@ -109,12 +109,23 @@ def test_a_template_that_fails_validation_keeps_the_old_version_serving_and_says
 def test_a_live_template_change_applies_the_handler_and_names_what_needs_a_restart(project, running):
     assert _answer(running) == "old"
     (project / "src" / "other.py").write_text(HANDLER.format(answer="other"))
-    events_added = TEMPLATE.format(handler="other.handler") + (
+    events_added = TEMPLATE.format(code="src/", handler="other.handler") + (
         "        Extra:\n          Type: HttpApi\n          Properties: {Path: /extra, Method: GET}\n")
     (project / "template.yaml").write_text(events_added)
     running.wait_for(r"not applied until a restart: events of AnswerFunction")
     wait_until(lambda: _answer(running) == "other", timeout=30, step=0.5, message="the new handler is not served")
     assert call(f"{running.url}/extra", method="GET").status == 404  # a route needs a restart
+
+
+def test_a_new_codeuri_is_served_and_watched(project, running):
+    assert _answer(running) == "old"
+    (project / "moved").mkdir()
+    (project / "moved" / "app.py").write_text(HANDLER.format(answer="moved"))
+    (project / "template.yaml").write_text(TEMPLATE.format(code="moved/", handler="app.handler"))
+    wait_until(lambda: _answer(running) == "moved", timeout=30, step=0.5, message="the new CodeUri is not served")
+    (project / "moved" / "app.py").write_text(HANDLER.format(answer="moved again"))
+    wait_until(lambda: _answer(running) == "moved again", timeout=30, step=0.5,
+               message="the new CodeUri is not watched")
 
 
 def test_no_reload_keeps_the_code_a_warm_instance_loaded(project, env):

@@ -60,6 +60,7 @@ class Reloader:
                  read: Callable[[], Template], *, ignore: Iterable[Path] = ()):
         self.host = host
         self.template = template  # the template as last read
+        self.wired = template  # what the running parts (routes, triggers, quotas) were built from
         self.template_path = template_path.resolve()
         self.read = read  # the one template reader, as the server was configured
         self.ignore = [Path(p).resolve() for p in ignore]  # e.g. a data dir inside a CodeUri
@@ -116,7 +117,7 @@ class Reloader:
                     log.warning("reload: %s is not valid, still serving the previous version: %s",
                                 self.template_path, exc)
                     return
-                if later := needs_restart(self.template, template):
+                if later := needs_restart(self.wired, template):
                     log.warning("reload: %s: not applied until a restart: %s", self.template_path,
                                 ", ".join(later))
                 self.template = template

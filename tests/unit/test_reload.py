@@ -50,6 +50,10 @@ async def test_a_changed_handler_is_swapped_in_and_a_new_route_is_left_for_a_res
     assert pool.generation == 1 and pool.spec.handler == "other.handler" and pool.spec.timeout == 9
     assert pool.spec.events == [] and pool.spec.llm.max_instances == 10  # as the running parts were wired
     assert "not applied until a restart: events of Fn, Metadata.llmfn of Fn" in caplog.text
+    caplog.clear()
+    reloader.read = lambda: Template(functions={"Fn": _spec(code, handler="third.handler")})  # route taken out
+    await reloader.apply({(tmp_path / "template.yaml").resolve()})
+    assert pool.spec.handler == "third.handler" and "restart" not in caplog.text  # as it runs again
 
 
 async def test_a_template_that_fails_validation_changes_nothing_and_says_why_with_its_path(tmp_path, code, caplog):

@@ -159,6 +159,8 @@ class Server:
         self._closers.append(self.functions.close)
         if self.settings.warm_containers == "EAGER":
             await self.functions.prewarm()
+        if self.settings.reload and has_functions:
+            await self._start_reload()
         if service:
             await self._start_triggers()  # first: the Lambda API queues Event invocations with it
         if self.parts.http_api and has_functions:
@@ -273,6 +275,15 @@ class Server:
                 raise DeployError(f"bundle {key} is {size} bytes; the limit is {limit}")
             return fs.cat_file(f"{bucket}/{key}")
         return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    async def _start_reload(self) -> None:
+        from runtime.functions.reload import Reloader
+
+        s = self.settings
+        reloader = Reloader(self.functions, self.template, s.template, lambda: read_template(s),
+                            ignore=(s.data_dir, s.cache_dir))
+        await reloader.start()
+        self._closers.append(reloader.close)
 
     async def _start_triggers(self) -> None:
         from runtime.triggers.assembly import start_triggers

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     warm_containers: Literal["EAGER", "LAZY"] = Field("LAZY", description=(
         "EAGER: start one instance of every function at start; LAZY: start instances as invocations "
         "need them (SAM's --warm-containers)."))
+    reload: bool = Field(True, description="Pick up changes to the template, a function's CodeUri files or its "
+                                           "layers at the next invocation, with no restart.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
                                 description="Largest request body the gateway reads (bytes); larger is a 413.")
     max_messages: int = Field(2048, ge=1, description="Most chat messages in one request.")

@@ -16,7 +16,8 @@ _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzi
                  "event_queue_limit", "failure_destination", "retry_delay_s", "s3_poll_s")
 # What a long-running server has and a single invoke has not.
 _SERVERS_ONLY = ("warm_containers",)
-_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY + _SERVERS_ONLY)
+_NEGATED = ("reload",)  # on by default: --no-<name> turns it off (the variable takes true or false)
+_RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY + _SERVERS_ONLY + _NEGATED)
 _FLAGS = {"env_vars": ("--env-vars", "-n"), "template": ("--template", "-t"), "log_file": ("--log-file", "-l")}
 # SAM's -p/--port: the port of what the command serves (start-api: the HTTP API,
 # start-lambda: the Lambda API); the gateway's own is --gateway-port.
@@ -43,6 +44,9 @@ class _Deprecated(argparse.Action):
 
 def _run_flags(p: argparse.ArgumentParser, extra: tuple[str, ...] = (), ports: dict | None = None, **kw) -> None:
     add_flags(p, Settings, _RUN + extra, flags={**_FLAGS, "api_port": ("--api-port", "-p"), **(ports or {})}, **kw)
+    for name in _NEGATED:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=None,
+                       help=f"{Settings.model_fields[name].description} [env LLMFN_{name.upper()}]")
     pools = p.add_argument_group("model pools", "Each one given overrides every served model's pool.")
     add_flags(pools, PoolSettings)
 

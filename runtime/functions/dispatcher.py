@@ -67,6 +67,7 @@ class FunctionPool:
     def __init__(self, spec: FunctionSpec, dispatcher: Dispatcher, version: int = 1):
         self.spec = spec
         self.version = version
+        self.generation = 0  # one more at each swap (a deploy, a rollback or a reload): what instances run
         self.d = dispatcher
         self.instances: list[FunctionInstance] = []
         self._idle: asyncio.Queue[FunctionInstance] = asyncio.Queue()
@@ -76,7 +77,7 @@ class FunctionPool:
         await self._slots.acquire()
         while not self._idle.empty():
             inst = self._idle.get_nowait()
-            if inst.state == InstanceState.IDLE and inst.version == self.version:
+            if inst.state == InstanceState.IDLE and inst.generation == self.generation:
                 inst.state = InstanceState.BUSY
                 return inst
         return await self._start()
@@ -92,15 +93,16 @@ class FunctionPool:
 
     def deploy(self, spec: FunctionSpec, version: int) -> None:
         """New invocations run ``version``; those in flight finish on theirs, and
-        instances of other versions stop as soon as they are idle."""
-        self.spec, self.version = spec, version
+        instances of earlier swaps stop as soon as they are idle. A reload of local
+        files swaps code under the same ``version``."""
+        self.spec, self.version, self.generation = spec, version, self.generation + 1
         for inst in list(self.instances):
-            if inst.state == InstanceState.IDLE and inst.version != version:
+            if inst.state == InstanceState.IDLE and inst.generation != self.generation:
                 asyncio.create_task(self.retire(inst))
 
     def release(self, inst: FunctionInstance, healthy: bool) -> None:
         self._slots.release()
-        if healthy and inst.state == InstanceState.BUSY and inst.version == self.version:
+        if healthy and inst.state == InstanceState.BUSY and inst.generation == self.generation:
             inst.state, inst.last_used = InstanceState.IDLE, time.monotonic()
             self._idle.put_nowait(inst)
         else:
@@ -110,6 +112,7 @@ class FunctionPool:
         inst = self.d.new_instance(self.spec, runtime_api=self.d.runtime_api_addr,
                                    gateway_url=self.d.gateway_url, log=self.d.log,
                                    env_overrides=self.d.env_overrides.get(self.spec.name), version=self.version)
+        inst.generation = self.generation
         self.d.instances[inst.id] = inst
         self.instances.append(inst)
         try:
@@ -206,9 +209,9 @@ class Dispatcher:
         """Run one invocation. Returns when the instance has answered (a stream may
         still be flowing); ``Result.report`` resolves when it has finished."""
         pool = self.pool(name)
-        spec = pool.spec
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         inst = await pool.acquire()
+        spec = inst.spec  # the code and configuration this instance was started with
         cold = inst.invocations == 0 and not inst.prewarmed
         inv = Invocation(function=name, event=body, timeout=spec.timeout, client_context=client_context)
         inv.token = self.tokens.issue(name, inv.request_id, spec.llm.models,
@@ -234,19 +237,20 @@ class Dispatcher:
 
     async def _finish(self, pool: FunctionPool, inst: FunctionInstance, inv: Invocation,
                       cold: bool, report: asyncio.Future) -> None:
-        remaining = max(0.0, inv.started + pool.spec.timeout - time.monotonic())
+        spec = inst.spec  # the instance's own: a swap while it runs does not change its limits
+        remaining = max(0.0, inv.started + spec.timeout - time.monotonic())
         try:
             await asyncio.wait_for(asyncio.shield(inv.finished), remaining)
         except TimeoutError:
             inv.fail("Sandbox.Timedout", f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.request_id} "
-                                         f"Task timed out after {pool.spec.timeout:.2f} seconds")
+                                         f"Task timed out after {spec.timeout:.2f} seconds")
         duration = (time.monotonic() - inv.started) * 1000
         healthy = inv.failure is None and inst.init_error is None and inst.state == InstanceState.BUSY
         if inst.current is None and not inst.pending.empty():
             inst.pending.get_nowait()  # never picked up (init failed or timed out)
         inst.current = None
         usage = self.tokens.revoke(inv.token)
-        rep = Report(inv.request_id, duration, max(1, math.ceil(duration)), pool.spec.memory_size,
+        rep = Report(inv.request_id, duration, max(1, math.ceil(duration)), spec.memory_size,
                      inst.max_memory_mb(), inst.init_duration_ms if cold else None, usage)
         self._emit(inv, f"END RequestId: {inv.request_id}")
         self._emit(inv, rep.line())

@@ -81,6 +81,18 @@ class FunctionHost:
         if version is not None:
             self.dispatcher.pool(name).deploy(spec_of(self.functions[name], version), version.version)
 
+    def reload(self, name: str, spec: FunctionSpec) -> bool:
+        """Local files changed: new invocations run ``spec``, those in flight finish on
+        the old code. False, and nothing changed, for a function on a deployed version
+        (version 1 is the template's): ``llmfn deploy`` owns it until rolled back to 1."""
+        current = self.deployments.current(name) if self.deployments else None
+        if current is not None and current.version != 1:
+            return False
+        self.functions[name] = spec
+        pool = self.dispatcher.pool(name)
+        pool.deploy(spec, pool.version)
+        return True
+
     async def deploy(self, bundles: dict[str, StagedBundle]) -> dict[str, dict[str, Any]]:
         """Switch several functions to new code at once. Everything is unpacked and
         checked first: a deploy that fails validation changes nothing."""

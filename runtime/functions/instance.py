@@ -49,6 +49,7 @@ class FunctionInstance:
                  version: int = 1):
         self.spec = spec
         self.version = version
+        self.generation = 0  # the pool's swap this instance was started in
         # 128 random bits: the instance's Runtime API path is its capability (only the
         # instance's own environment holds it), so no other local process can take its events.
         self.id = uuid.uuid4().hex

@@ -217,3 +217,27 @@ async def test_an_unknown_function_is_refused_by_name(dispatch):
     d, _ = dispatch()
     with pytest.raises(KeyError, match="Function not found: Nope"):
         await d.invoke("Nope", {})
+
+
+async def test_a_swap_under_the_same_version_starts_new_instances_and_one_in_flight_finishes_on_its_own(dispatch):
+    release = asyncio.Event()
+
+    async def slow_when_asked(event):
+        if event.get("slow"):
+            await release.wait()
+        return event
+
+    d, instances = dispatch(slow_when_asked)
+    await (await d.invoke("Fn", {})).report
+    in_flight = asyncio.create_task(d.invoke("Fn", {"slow": True}))
+    await wait_until_async(lambda: instances.started[0].current is not None and not release.is_set())
+    pool = d.pool("Fn")
+    pool.deploy(pool.spec.model_copy(update={"timeout": 9.0}), pool.version)  # a reload: same version
+    after = await d.invoke("Fn", {"n": 1})
+    assert json.loads(after.outcome.body) == {"n": 1}
+    assert len(instances.started) == 2 and instances.started[1].spec.timeout == 9.0
+    release.set()
+    old = await in_flight
+    assert json.loads(old.outcome.body) == {"slow": True} and (await old.report).memory_size == 128
+    await wait_until_async(lambda: instances.started[0].stop_signal is not None)  # retired once done
+    assert pool.instances == [instances.started[1]]

@@ -63,7 +63,7 @@ def _write_handler(project: Path, answer: str) -> None:
 
 
 def _start_api(project: Path, env: dict, *flags: str) -> Server:
-    return Server("start-api", "--template", str(project / "template.yaml"), "--api-port", "0", "--port", "0",
+    return Server("start-api", "--template", str(project / "template.yaml"), "--api-port", "0", "--gateway-port", "0",
                   *flags, ready="start-api", env=env)
 
 

@@ -15,6 +15,7 @@ _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzi
                  "event_queue_limit", "failure_destination", "retry_delay_s", "s3_poll_s")
 _RUN = tuple(f for f in Settings.model_fields if f not in _SERVICE_ONLY)
 _FLAGS = {"env_vars": ("--env-vars", "-n")}
+_FLAGS["debug_port"] = ("--debug-port", "-d")
 # Where a client of the control plane finds the admin key: LLMFN_ADMIN_KEY, the key
 # file, the data dir's admin.key (on the service's machine).
 _ADMIN = ("admin_key", "admin_key_file", "data_dir")

@@ -5,7 +5,15 @@ Imports the handler once (init), then loops on the Runtime API's
 from the LLM layer), runs the handler (sync, ``async def`` or a generator that
 streams), and posts the response or a Lambda-style error. Run as
 ``python -m runtime.functions.bootstrap`` with ``AWS_LAMBDA_RUNTIME_API`` and
-``_HANDLER`` set, like a Lambda runtime's bootstrap."""
+``_HANDLER`` set, like a Lambda runtime's bootstrap.
+
+``--spare``: a spare interpreter started ahead of need with no function's
+environment. It imports what every instance imports (the LLM layer and the
+openai SDK), says so on stdout, then waits on stdin for one function's
+environment and working directory; it takes them exactly as a fresh process
+would have had them (``os.environ`` replaced, ``sys.path`` rebuilt) before it
+imports the handler. ``--debug-port PORT``: wait for a debugpy client on
+127.0.0.1:PORT before importing the handler."""
 from __future__ import annotations
 
 import asyncio
@@ -176,7 +184,56 @@ def run_one(api: RuntimeApi, handler, loop: asyncio.AbstractEventLoop) -> None:
         sys.stderr.flush()
 
 
-def main() -> None:
+def preloaded_modules() -> list[str]:
+    """Top-level modules this interpreter has imported that are not the standard
+    library's: a function whose code or layers hold one of these names must not
+    start from a spare (its own copy would be shadowed)."""
+    return sorted({name.partition(".")[0] for name in sys.modules} - set(sys.stdlib_module_names)
+                  - {"__main__", "runtime"})
+
+
+def specialize(env: dict[str, str], cwd: str) -> None:
+    """Become the process ``python -m runtime.functions.bootstrap`` would have been
+    with this environment and working directory."""
+    # The tail of sys.path (stdlib, site-packages) is what follows sys.path[0] and
+    # this interpreter's own PYTHONPATH entries; the function's replace them.
+    own = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    tail = sys.path[1 + len(own):]
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    new = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [os.getcwd(), *new, *tail]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    devnull = os.open(os.devnull, os.O_RDONLY)  # a fresh instance's stdin
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def wait_as_spare() -> None:
+    print(json.dumps({"spare": preloaded_modules()}), flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)  # the host went away or no longer needs a spare
+    message = json.loads(line)
+    specialize(message["env"], message["cwd"])
+
+
+def wait_for_debugger(port: int) -> None:
+    import debugpy  # the optional 'debug' extra; the host checks it is installed
+
+    debugpy.listen(("127.0.0.1", port))
+    print(f"debugpy listening on 127.0.0.1:{port}; waiting for a debugger to attach", file=sys.stderr, flush=True)
+    debugpy.wait_for_client()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--spare"]:
+        wait_as_spare()
+    elif argv[:1] == ["--debug-port"]:
+        wait_for_debugger(int(argv[1]))
     api = RuntimeApi(os.environ["AWS_LAMBDA_RUNTIME_API"])
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:

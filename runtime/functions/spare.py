@@ -1,0 +1,94 @@
+"""Spare function interpreters: one ``bootstrap --spare`` process started ahead
+of need, which has already paid for Python's start and the LLM layer's imports
+(the openai SDK), so that a cold start only hands it a function's environment.
+
+A spare is started with the service's allowlisted environment and nothing of
+any function: no secret, no code, no Runtime API path. It is taken by one
+instance, then refilled in the background. Owns the spares' processes; what an
+instance's environment is stays in ``instance``, which decides whether a spare
+can stand in for a fresh process."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("llmfn.functions")
+
+
+@dataclass
+class Spare:
+    """A ready spare interpreter and the non-stdlib modules it has imported."""
+    proc: asyncio.subprocess.Process
+    preloaded: frozenset[str]
+
+
+class SpareInterpreters:
+    """Keeps one spare ready while functions are served."""
+
+    def __init__(self, environment: dict[str, str], *, refill_delay: float = 0.5):
+        self.environment = environment  # the spare's own: allowlisted, no function's
+        self.refill_delay = refill_delay  # after a take, not at once: the cold start goes first
+        self._spare: asyncio.Task[Spare | None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._fill(0.0)
+
+    def ready(self) -> bool:
+        spare = self._spare
+        return (spare is not None and spare.done() and not spare.cancelled()
+                and spare.result() is not None and spare.result().proc.returncode is None)
+
+    def take(self, accept: Callable[[Spare], bool]) -> Spare | None:
+        """The ready spare if ``accept`` takes it (a refill starts), else None."""
+        if not self.ready() or not accept(self._spare.result()):
+            return None
+        spare = self._spare.result()
+        self._fill(self.refill_delay)
+        return spare
+
+    def _fill(self, delay: float) -> None:
+        if not self._closed:
+            self._spare = asyncio.create_task(self._spawn(delay), name="spare-function-interpreter")
+
+    async def _spawn(self, delay: float) -> Spare | None:
+        await asyncio.sleep(delay)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.functions.bootstrap", "--spare", cwd=os.path.abspath(os.sep),
+            env=self.environment, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            line = await proc.stdout.readline()
+            preloaded = json.loads(line)["spare"]
+        except (ValueError, KeyError, TypeError, asyncio.CancelledError):
+            await _end(proc)
+            if self._closed:
+                return None
+            err = (await proc.stderr.read()).decode(errors="replace").strip()
+            log.warning("spare function interpreter failed to start: %s", err[-500:])
+            return None
+        return Spare(proc, frozenset(preloaded))
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._spare = self._spare, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            spare = await task
+            if spare is not None:
+                await _end(spare.proc)
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()

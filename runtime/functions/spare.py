@@ -47,7 +47,11 @@ class SpareInterpreters:
 
     def take(self, accept: Callable[[Spare], bool]) -> Spare | None:
         """The ready spare if ``accept`` takes it (a refill starts), else None."""
-        if not self.ready() or not accept(self._spare.result()):
+        task = self._spare
+        if task is not None and task.done() and not self.ready():
+            self._fill(self.refill_delay)  # it failed to start or died waiting: try again for next time
+            return None
+        if not self.ready() or not accept(task.result()):
             return None
         spare = self._spare.result()
         self._fill(self.refill_delay)

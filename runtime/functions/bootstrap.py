@@ -192,18 +192,23 @@ def preloaded_modules() -> list[str]:
                   - {"__main__", "runtime"})
 
 
+def _pythonpath(env) -> list[str]:
+    """PYTHONPATH's entries as Python and site put them on sys.path: each made
+    absolute (an empty one is the working directory), duplicates dropped."""
+    value = env.get("PYTHONPATH", "")
+    return list(dict.fromkeys(os.path.abspath(p) for p in value.split(os.pathsep))) if value else []
+
+
 def specialize(env: dict[str, str], cwd: str) -> None:
     """Become the process ``python -m runtime.functions.bootstrap`` would have been
     with this environment and working directory."""
     # The tail of sys.path (stdlib, site-packages) is what follows sys.path[0] and
     # this interpreter's own PYTHONPATH entries; the function's replace them.
-    own = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    tail = sys.path[1 + len(own):]
+    tail = sys.path[1 + len(_pythonpath(os.environ)):]
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    new = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [os.getcwd(), *new, *tail]
+    sys.path[:] = [os.getcwd(), *dict.fromkeys(_pythonpath(env) + tail)]
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
     devnull = os.open(os.devnull, os.O_RDONLY)  # a fresh instance's stdin

@@ -1,7 +1,8 @@
 """Function instances (processes running the handler, like Lambda execution
-environments), the dispatcher that picks or starts them, the invocation
-context, and the Lambda Runtime API between runtime and instance. Triggers
-call ``FunctionHost.invoke``; this package never parses HTTP routes."""
+environments) and the spare interpreter a cold start takes, the dispatcher
+that picks or starts them, the invocation context, and the Lambda Runtime API
+between runtime and instance. Triggers call ``FunctionHost.invoke``; this
+package never parses HTTP routes."""
 from runtime.functions.deployments import DeployError, Deployments
 from runtime.functions.dispatcher import Dispatcher, Report, Result
 from runtime.functions.host import FunctionHost, StagedBundle

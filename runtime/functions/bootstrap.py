@@ -216,7 +216,21 @@ def specialize(env: dict[str, str], cwd: str) -> None:
     os.close(devnull)
 
 
+def warm_up() -> None:
+    """What a first invocation would otherwise pay: the SDK's HTTP client and TLS
+    set-up and its lazily imported resources, on a throwaway client that holds
+    no key and is closed before any function is known."""
+    import openai
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="spare")
+    for resource in ("chat", "completions", "embeddings", "models"):
+        getattr(client, resource)
+    client.chat.completions  # noqa: B018 - imported on first access
+    client.close()
+
+
 def wait_as_spare() -> None:
+    warm_up()
     print(json.dumps({"spare": preloaded_modules()}), flush=True)
     line = sys.stdin.readline()
     if not line:

@@ -146,7 +146,7 @@ class FunctionInstance:
         (never under a debugger), else a fresh interpreter."""
         env = self.environment()
         self.spawned_at = time.monotonic()
-        spare = (spares.take(lambda s: self.can_start_from(s, env))
+        spare = (await spares.take(lambda s: self.can_start_from(s, env))
                  if spares is not None and debug_port is None else None)
         if spare is not None:
             self.proc, self.from_spare = spare.proc, True

@@ -36,6 +36,7 @@ class SpareInterpreters:
         self.refill_delay = refill_delay  # after a take, not at once: the cold start goes first
         self._spare: asyncio.Task[Spare | None] | None = None
         self._closed = False
+        self._spawning = False  # the current spare's process is starting (past its delay)
 
     def start(self) -> None:
         self._fill(0.0)
@@ -45,28 +46,48 @@ class SpareInterpreters:
         return (spare is not None and spare.done() and not spare.cancelled()
                 and spare.result() is not None and spare.result().proc.returncode is None)
 
-    def take(self, accept: Callable[[Spare], bool]) -> Spare | None:
-        """The ready spare if ``accept`` takes it (a refill starts), else None."""
+    async def take(self, accept: Callable[[Spare], bool]) -> Spare | None:
+        """The spare if ``accept`` takes it (a refill starts), else None. One still
+        starting is waited for: it started earlier than a fresh one would."""
         task = self._spare
-        if task is not None and task.done() and not self.ready():
-            self._fill(self.refill_delay)  # it failed to start or died waiting: try again for next time
+        if task is None or (not task.done() and not self._spawning):
+            return None  # none, or a refill still in its delay: a fresh start is quicker
+        self._spare = None  # claimed: a concurrent cold start does not wait for it too
+        try:
+            spare = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():  # the cold start was cancelled, not the spare
+                self._keep(task)
+                raise
+            spare = None
+        if spare is not None and spare.proc.returncode is None and not accept(spare):
+            self._keep(task)  # not for this function: kept for the next cold start
             return None
-        if not self.ready() or not accept(task.result()):
-            return None
-        spare = self._spare.result()
         self._fill(self.refill_delay)
-        return spare
+        return spare if spare is not None and spare.proc.returncode is None else None
+
+    def _keep(self, task: asyncio.Task[Spare | None]) -> None:
+        if self._spare is None and not self._closed:
+            self._spare = task
+        else:  # another one is on its way, or no more are wanted
+            task.add_done_callback(lambda t: t.cancelled() or t.result() is None or t.result().proc.kill())
 
     def _fill(self, delay: float) -> None:
         if not self._closed:
+            self._spawning = delay <= 0
             self._spare = asyncio.create_task(self._spawn(delay), name="spare-function-interpreter")
 
     async def _spawn(self, delay: float) -> Spare | None:
         await asyncio.sleep(delay)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.functions.bootstrap", "--spare", cwd=os.path.abspath(os.sep),
-            env=self.environment, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        self._spawning = True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime.functions.bootstrap", "--spare", cwd=os.path.abspath(os.sep),
+                env=self.environment, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:  # cold starts go on with fresh interpreters
+            log.warning("spare function interpreter could not start: %s", exc)
+            return None
         try:
             line = await proc.stdout.readline()
             preloaded = json.loads(line)["spare"]

@@ -92,6 +92,18 @@ async def test_the_spare_is_refilled_after_a_cold_start_takes_it(function):
         await host.close()
 
 
+async def test_a_cold_start_takes_a_spare_that_is_still_starting(function):
+    host = FunctionHost({"Fn": function}, gateway_url="http://127.0.0.1:9", tokens=InvocationTokens(),
+                        log=lambda *_: None)
+    await host.start()
+    try:
+        assert not host.dispatcher.spares.ready()  # it started with the host: not ready yet
+        await _run(host)
+        assert host.dispatcher.pool("Fn").instances[0].from_spare
+    finally:
+        await host.close()
+
+
 async def test_a_handler_import_error_from_a_spare_is_an_import_module_error(function):
     broken = function.model_copy(update={"handler": "missing.handler"})
     host = await _host({"Fn": broken}, spare=True)

@@ -230,13 +230,15 @@ def warm_up() -> None:
 
 
 def wait_as_spare() -> None:
+    from runtime.functions.spare import Handover, SpareReady
+
     warm_up()
-    print(json.dumps({"spare": preloaded_modules()}), flush=True)
+    print(SpareReady(preloaded=preloaded_modules()).model_dump_json(), flush=True)
     line = sys.stdin.readline()
     if not line:
         sys.exit(0)  # the host went away or no longer needs a spare
-    message = json.loads(line)
-    specialize(message["env"], message["cwd"])
+    handover = Handover.model_validate_json(line)
+    specialize(handover.env, handover.cwd)
 
 
 def wait_for_debugger(port: int) -> None:

@@ -8,7 +8,6 @@ fresh one would be: the instance decides, from its environment and code."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from runtime import bundled
 from runtime.functions.invocation import Invocation
-from runtime.functions.spare import Spare, SpareInterpreters
+from runtime.functions.spare import Handover, Spare, SpareInterpreters
 from runtime.template.function_spec import FunctionSpec
 from runtime.template.pseudo import LOCAL_REGION
 
@@ -150,7 +149,7 @@ class FunctionInstance:
                  if spares is not None and debug_port is None else None)
         if spare is not None:
             self.proc, self.from_spare = spare.proc, True
-            self.proc.stdin.write(json.dumps({"env": env, "cwd": str(self.spec.code_uri)}).encode() + b"\n")
+            self.proc.stdin.write(Handover(env=env, cwd=str(self.spec.code_uri)).model_dump_json().encode() + b"\n")
             self.proc.stdin.close()
         else:
             self.debug_port = debug_port

@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ValidationError
+
 log = logging.getLogger("llmfn.functions")
+
+
+class SpareReady(BaseModel):
+    """A spare's first line on stdout: it has imported what every instance imports."""
+    preloaded: list[str]  # its top-level modules beyond the standard library
+
+
+class Handover(BaseModel):
+    """The one line a spare reads on stdin: the function it becomes."""
+    env: dict[str, str]  # its whole environment, replacing the spare's
+    cwd: str
 
 
 @dataclass
@@ -89,16 +101,15 @@ class SpareInterpreters:
             log.warning("spare function interpreter could not start: %s", exc)
             return None
         try:
-            line = await proc.stdout.readline()
-            preloaded = json.loads(line)["spare"]
-        except (ValueError, KeyError, TypeError, asyncio.CancelledError):
+            ready = SpareReady.model_validate_json(await proc.stdout.readline())
+        except (ValidationError, asyncio.CancelledError):
             await _end(proc)
             if self._closed:
                 return None
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             log.warning("spare function interpreter failed to start: %s", err[-500:])
             return None
-        return Spare(proc, frozenset(preloaded))
+        return Spare(proc, frozenset(ready.preloaded))
 
     async def close(self) -> None:
         self._closed = True

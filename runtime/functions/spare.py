@@ -58,6 +58,10 @@ class SpareInterpreters:
         return (spare is not None and spare.done() and not spare.cancelled()
                 and spare.result() is not None and spare.result().proc.returncode is None)
 
+    def current(self) -> Spare | None:
+        """The ready spare, None without one (it stays here until taken)."""
+        return self._spare.result() if self.ready() else None
+
     async def take(self, accept: Callable[[Spare], bool]) -> Spare | None:
         """The spare if ``accept`` takes it (a refill starts), else None. One still
         starting is waited for: it started earlier than a fresh one would."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -80,14 +81,27 @@ async def test_an_instance_from_a_spare_sees_what_a_fresh_process_sees(function,
     assert report.init_duration_ms is not None and "Init Duration" in report.line()
 
 
+async def test_a_spare_holds_no_secret_and_no_function_until_taken(function, monkeypatch):
+    monkeypatch.setenv("LLMFN_ADMIN_KEY", "admin-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "service-secret")
+    host = await _host({"Fn": function}, spare=True)
+    try:
+        spare = host.dispatcher.spares.current().proc
+        environ = Path(f"/proc/{spare.pid}/environ").read_bytes().decode()
+        assert "secret" not in environ and "AWS_LAMBDA" not in environ and "GREETING" not in environ
+        assert os.readlink(f"/proc/{spare.pid}/cwd") == "/"
+    finally:
+        await host.close()
+
+
 async def test_the_spare_is_refilled_after_a_cold_start_takes_it(function):
     host = await _host({"Fn": function}, spare=True)
     try:
-        first = host.dispatcher.spares._spare.result().proc.pid
+        first = host.dispatcher.spares.current().proc.pid
         await _run(host)
         assert host.dispatcher.pool("Fn").instances[0].pid == first
         await wait_until_async(host.dispatcher.spares.ready, message="the spare was not refilled")
-        assert host.dispatcher.spares._spare.result().proc.pid != first
+        assert host.dispatcher.spares.current().proc.pid != first
     finally:
         await host.close()
 

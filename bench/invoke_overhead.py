@@ -11,7 +11,11 @@ connection and compared in the same run with two peers:
 
 Then cold starts: the same function with ``idle_timeout: 1``, a request after
 each pause long enough for its instance to stop, the ``Init Duration`` that
-start-api logs in the REPORT line of each, and the client's latency.
+start-api logs in the REPORT line of each (process start to the handler
+imported and polling for its event), and the client's latency. Twice: from
+the spare interpreter, and fresh (``template-cold-fresh.yaml``, whose function
+sets a start-up variable so no spare can stand in), as every cold start was
+before the spare.
 
     .venv/bin/python bench/invoke_overhead.py [--requests 200] [--cold 5]
 """
@@ -39,6 +43,7 @@ from runtime.triggers import apigw
 FIXTURES = Path(__file__).resolve().parent / "functions"
 WARM_TEMPLATE = FIXTURES / "template.yaml"
 COLD_TEMPLATE = FIXTURES / "template-cold.yaml"  # the same function with idle_timeout: 1
+FRESH_TEMPLATE = FIXTURES / "template-cold-fresh.yaml"  # ... that no spare can stand in for
 PATH = "/noop"
 READY = re.compile(r"llmfn start-api on (http://\S+)")
 
@@ -236,14 +241,14 @@ async def warm(args: argparse.Namespace) -> dict[str, Any]:
     return {"api": api_ms, "http": http_ms, "inproc": inproc_ms, "report_duration_p50": duration}
 
 
-async def cold(args: argparse.Namespace) -> dict[str, list[float]]:
+async def cold(args: argparse.Namespace, template: Path = COLD_TEMPLATE) -> dict[str, list[float]]:
     """One request per pause; a REPORT without Init Duration means the instance
     was still warm, so the pause grows and the request is not counted."""
-    log(f"cold: start-api with bench/functions/template-cold.yaml (idle_timeout: 1), "
+    log(f"cold: start-api with bench/functions/{template.name} (idle_timeout: 1), "
         f"{args.cold} cold starts, {args.pause:g} s apart")
     init_ms, client_ms = [], []
     pause, tries = args.pause, 0
-    async with StartApi(COLD_TEMPLATE) as api, keepalive_session() as http:
+    async with StartApi(template) as api, keepalive_session() as http:
         while len(init_ms) < args.cold:
             tries += 1
             if tries > args.cold * 3:
@@ -266,6 +271,7 @@ async def cold(args: argparse.Namespace) -> dict[str, list[float]]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     w = await warm(args)
     c = await cold(args)
+    fresh = await cold(args, FRESH_TEMPLATE)
     warm_p50, http_p50 = percentile(w["api"], 50), percentile(w["http"], 50)
     inproc_p50, cold_p50 = percentile(w["inproc"], 50), percentile(c["client"], 50)
     return {"warm_p50_ms": warm_p50, "warm_p95_ms": percentile(w["api"], 95),
@@ -274,6 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "added_vs_inproc_p50_ms": warm_p50 - inproc_p50,
             "init_p50_ms": percentile(c["init"], 50), "cold_p50_ms": cold_p50,
             "cold_over_warm": ratio(cold_p50, warm_p50),
+            "fresh_init_p50_ms": percentile(fresh["init"], 50), "fresh_cold_p50_ms": percentile(fresh["client"], 50),
             # stderr only, not on the figures line
             "_inproc_p95_ms": percentile(w["inproc"], 95), "_http_p95_ms": percentile(w["http"], 95),
             "_report_duration_p50_ms": w["report_duration_p50"]}
@@ -292,7 +299,8 @@ def charts(f: dict[str, Any]) -> str:
                  ("start-api warm", f["warm_p50_ms"]),
                  ("  REPORT Duration", f["_report_duration_p50_ms"])], unit="ms (p50)")
     cold = bars([("start-api warm", f["warm_p50_ms"]), ("start-api cold", f["cold_p50_ms"]),
-                 ("  Init Duration", f["init_p50_ms"])], unit="ms (p50)")
+                 ("  Init Duration", f["init_p50_ms"]), ("cold, no spare", f["fresh_cold_p50_ms"]),
+                 ("  Init Duration", f["fresh_init_p50_ms"])], unit="ms (p50)")
     return f"{warm}\n\n{cold}"
 
 

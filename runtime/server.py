@@ -8,6 +8,7 @@ part's application state. Everything listens on loopback unless told otherwise."
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -116,6 +117,22 @@ def gateway_config(settings: Settings, models: list[ModelConfig], template: Temp
                            settings.max_tools_bytes))
 
 
+def debug_target(settings: Settings, template: Template) -> tuple[int, str] | None:
+    """``--debug-port``'s port and function: ``--debug-function``, else the only one."""
+    if settings.debug_port is None:
+        return None
+    name = settings.debug_function
+    if name is None:
+        if len(template.functions) != 1:
+            raise ValueError(f"--debug-port: name the function to debug with --debug-function "
+                             f"(the template has {len(template.functions)})")
+        name = next(iter(template.functions))
+    template.function(name)  # an unknown name is an error before anything starts
+    if importlib.util.find_spec("debugpy") is None:
+        raise ValueError("--debug-port needs debugpy: pip install 'llmfn[debug]'")
+    return settings.debug_port, name
+
+
 class Server:
     def __init__(self, settings: Settings, template: Template, models: list[ModelConfig], parts: Parts, *,
                  admin_key: str | None, log: FunctionLog = stderr_log):
@@ -123,6 +140,7 @@ class Server:
         self.admin_key = admin_key  # None: the control plane refuses everyone
         self.function_log = log
         self.env_vars = load_env_vars(settings.env_vars)
+        self.debug = debug_target(settings, template)
         self.urls: dict[str, str] = {}  # part -> where it listens
         self.gateway: Gateway | None = None
         self.functions: FunctionHost | None = None
@@ -154,7 +172,8 @@ class Server:
         self.urls["gateway"] = await self._listen(self.gateway.app, self.settings.gateway_port)
         self.functions = FunctionHost(
             self.template.functions, gateway_url=self.gateway_url, tokens=self.gateway.invocations,
-            log=self.function_log, env_overrides=self._function_env(), deployments=self._deployments(service))
+            log=self.function_log, env_overrides=self._function_env(), deployments=self._deployments(service),
+            debug=self.debug)
         await self.functions.start()
         self._closers.append(self.functions.close)
         if self.settings.warm_containers == "EAGER":

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     retry_delay_s: float = Field(60.0, ge=0, description="First delay before an asynchronous invocation is "
                                                           "tried again (doubled each time, as Lambda does).")
     s3_poll_s: float = Field(1.0, gt=0, description="How often the S3 trigger lists its buckets (seconds).")
+    debug_port: int | None = Field(None, ge=1, le=65535, description=(
+        "Start the debugged function's instance under debugpy on 127.0.0.1:PORT, waiting for a debugger to "
+        "attach before its handler runs (its timeout suspended); needs the 'debug' extra."))
+    debug_function: str | None = Field(None, description=(
+        "The function --debug-port debugs (default: the only function, or the one invoked)."))
 
     _split = field_validator("model", mode="before")(_csv)
     _one = field_validator("parameter_overrides", mode="before")(lambda v: [v] if isinstance(v, str) else v)

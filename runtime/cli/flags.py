@@ -22,6 +22,7 @@ _FLAGS = {"env_vars": ("--env-vars", "-n"), "template": ("--template", "-t"), "l
 # SAM's -p/--port: the port of what the command serves (start-api: the HTTP API,
 # start-lambda: the Lambda API); the gateway's own is --gateway-port.
 _SAM_PORT = {"api_port": ("-p", "--port", "--api-port"), "lambda_port": ("-p", "--port", "--lambda-port")}
+_FLAGS["debug_port"] = ("--debug-port", "-d")
 # Where a client of the control plane finds the admin key: LLMFN_ADMIN_KEY, the key
 # file, the data dir's admin.key (on the service's machine).
 _ADMIN = ("admin_key", "admin_key_file", "data_dir")

@@ -16,9 +16,12 @@ from runtime.server import INVOKE, SERVE, START_API, START_LAMBDA, Parts, Server
 from runtime.settings import PoolSettings, Settings, from_flags
 
 
-def _server(args: argparse.Namespace, parts: Parts, *, optional_template: bool = False) -> Server:
+def _server(args: argparse.Namespace, parts: Parts, *, optional_template: bool = False,
+            invoked: str | None = None) -> Server:
     """The server a command runs, from its flags and the template."""
     settings = settings_of(args)
+    if invoked and settings.debug_port and not settings.debug_function:  # invoke debugs what it invokes
+        settings = settings.model_copy(update={"debug_function": invoked})
     template = read_template(settings, optional=optional_template)
     models = served_models(settings, template, from_flags(PoolSettings, args).overrides())
     return Server(settings, template, models, parts, admin_key=_admin_key_for(settings, parts))
@@ -58,7 +61,7 @@ def _read_event(source: str | None) -> Any:
 
 
 def invoke(args: argparse.Namespace) -> int:
-    server = _server(args, INVOKE)
+    server = _server(args, INVOKE, invoked=args.function)
     server.template.function(args.function)  # a clear error before anything starts
     event = _read_event(args.event)
     return asyncio.run(_invoke(server, args.function, event))

@@ -5,7 +5,15 @@ Imports the handler once (init), then loops on the Runtime API's
 from the LLM layer), runs the handler (sync, ``async def`` or a generator that
 streams), and posts the response or a Lambda-style error. Run as
 ``python -m runtime.functions.bootstrap`` with ``AWS_LAMBDA_RUNTIME_API`` and
-``_HANDLER`` set, like a Lambda runtime's bootstrap."""
+``_HANDLER`` set, like a Lambda runtime's bootstrap.
+
+``--spare``: a spare interpreter started ahead of need with no function's
+environment. It imports what every instance imports (the LLM layer and the
+openai SDK), says so on stdout, then waits on stdin for one function's
+environment and working directory; it takes them exactly as a fresh process
+would have had them (``os.environ`` replaced, ``sys.path`` rebuilt) before it
+imports the handler. ``--debug-port PORT``: wait for a debugpy client on
+127.0.0.1:PORT before importing the handler."""
 from __future__ import annotations
 
 import asyncio
@@ -176,7 +184,77 @@ def run_one(api: RuntimeApi, handler, loop: asyncio.AbstractEventLoop) -> None:
         sys.stderr.flush()
 
 
-def main() -> None:
+def preloaded_modules() -> list[str]:
+    """Top-level modules this interpreter has imported that are not the standard
+    library's: a function whose code or layers hold one of these names must not
+    start from a spare (its own copy would be shadowed)."""
+    return sorted({name.partition(".")[0] for name in sys.modules} - set(sys.stdlib_module_names)
+                  - {"__main__", "runtime"})
+
+
+def _pythonpath(env) -> list[str]:
+    """PYTHONPATH's entries as Python and site put them on sys.path: each made
+    absolute (an empty one is the working directory), duplicates dropped."""
+    value = env.get("PYTHONPATH", "")
+    return list(dict.fromkeys(os.path.abspath(p) for p in value.split(os.pathsep))) if value else []
+
+
+def specialize(env: dict[str, str], cwd: str) -> None:
+    """Become the process ``python -m runtime.functions.bootstrap`` would have been
+    with this environment and working directory."""
+    # The tail of sys.path (stdlib, site-packages) is what follows sys.path[0] and
+    # this interpreter's own PYTHONPATH entries; the function's replace them.
+    tail = sys.path[1 + len(_pythonpath(os.environ)):]
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = [os.getcwd(), *dict.fromkeys(_pythonpath(env) + tail)]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    devnull = os.open(os.devnull, os.O_RDONLY)  # a fresh instance's stdin
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def warm_up() -> None:
+    """What a first invocation would otherwise pay: the SDK's HTTP client and TLS
+    set-up and its lazily imported resources, on a throwaway client that holds
+    no key and is closed before any function is known."""
+    import openai
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="spare")
+    for resource in ("chat", "completions", "embeddings", "models"):
+        getattr(client, resource)
+    client.chat.completions  # noqa: B018 - imported on first access
+    client.close()
+
+
+def wait_as_spare() -> None:
+    from runtime.functions.spare import Handover, SpareReady
+
+    warm_up()
+    print(SpareReady(preloaded=preloaded_modules()).model_dump_json(), flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)  # the host went away or no longer needs a spare
+    handover = Handover.model_validate_json(line)
+    specialize(handover.env, handover.cwd)
+
+
+def wait_for_debugger(port: int) -> None:
+    import debugpy  # the optional 'debug' extra; the host checks it is installed
+
+    debugpy.listen(("127.0.0.1", port))
+    print(f"debugpy listening on 127.0.0.1:{port}; waiting for a debugger to attach", file=sys.stderr, flush=True)
+    debugpy.wait_for_client()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--spare"]:
+        wait_as_spare()
+    elif argv[:1] == ["--debug-port"]:
+        wait_for_debugger(int(argv[1]))
     api = RuntimeApi(os.environ["AWS_LAMBDA_RUNTIME_API"])
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     if task_root and task_root not in sys.path:

@@ -1,6 +1,10 @@
 """The dispatcher: picks a warm instance of a function or starts one (cold),
 runs one invocation on it with its timeout, and reports it as Lambda does
-(START / END / REPORT with duration, init duration and LLM calls and tokens)."""
+(START / END / REPORT with duration, init duration and LLM calls and tokens).
+
+Cold starts take the spare interpreter (``spare``) when there is one that can
+stand in for a fresh process; the function being debugged starts fresh, under
+debugpy, with no timeout while it waits for or runs under the debugger."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.functions.instance import FunctionInstance, InstanceState
+from runtime.functions.instance import FunctionInstance, InstanceState, spare_environment
 from runtime.functions.invocation import Invocation, Outcome, OutcomeKind
 from runtime.functions.logs import FunctionLog, LogLine, stderr_log
+from runtime.functions.spare import SpareInterpreters
 from runtime.gateway.auth import InvocationTokens, UsageTally
 from runtime.template.function_spec import FunctionSpec
 
@@ -116,7 +121,7 @@ class FunctionPool:
         self.d.instances[inst.id] = inst
         self.instances.append(inst)
         try:
-            await inst.start()
+            await inst.start(self.d.spares, debug_port=self.d.debug_port_for(self.spec.name))
         except Exception:
             self._slots.release()
             await self.retire(inst)
@@ -169,7 +174,8 @@ class Dispatcher:
                  gateway_url: str, tokens: InvocationTokens,
                  log: FunctionLog = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,
-                 new_instance: Callable[..., FunctionInstance] = FunctionInstance):
+                 new_instance: Callable[..., FunctionInstance] = FunctionInstance,
+                 spare: bool = False, debug: tuple[int, str] | None = None):
         self.functions = functions
         self.instances = instances  # the Runtime API's registry: id -> live instance
         self.new_instance = new_instance  # starts one instance's process; FunctionInstance's arguments
@@ -180,9 +186,23 @@ class Dispatcher:
         self.env_overrides = env_overrides or {}
         self.pools = {name: FunctionPool(spec, self) for name, spec in functions.items()}
         self._reaper: asyncio.Task | None = None
+        # None with no function: a spare only while functions are served
+        self.spares = SpareInterpreters(spare_environment()) if spare and functions else None
+        self.debug = debug  # (port, function): that function's next instance waits for a debugger
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap())
+        if self.spares is not None:
+            self.spares.start()
+
+    def debug_port_for(self, name: str) -> int | None:
+        """The debug port for a new instance of ``name``: only while no other
+        instance holds it, so a second concurrent instance starts normally."""
+        if self.debug is None or self.debug[1] != name:
+            return None
+        port = self.debug[0]
+        busy = any(i.debug_port == port and i.state != InstanceState.STOPPED for i in self.instances.values())
+        return None if busy else port
 
     async def _reap(self) -> None:
         while True:
@@ -193,6 +213,8 @@ class Dispatcher:
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        if self.spares is not None:
+            await self.spares.close()
         await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
 
     async def prewarm(self) -> None:
@@ -221,8 +243,8 @@ class Dispatcher:
         inst.invocations += 1
         inst.pending.put_nowait(inv)
         report: asyncio.Future = asyncio.get_running_loop().create_future()
-        if cold:
-            await asyncio.wait([inst.ready], timeout=spec.timeout)  # the init phase
+        if cold:  # the init phase; a debugged instance waits for its debugger with no timeout
+            await asyncio.wait([inst.ready], timeout=None if inst.debug_port is not None else spec.timeout)
         if inst.init_error is not None:
             inv.fail(inst.init_error.get("errorType", "Runtime.Unknown"),
                      inst.init_error.get("errorMessage", "init failed"))
@@ -238,7 +260,9 @@ class Dispatcher:
     async def _finish(self, pool: FunctionPool, inst: FunctionInstance, inv: Invocation,
                       cold: bool, report: asyncio.Future) -> None:
         spec = inst.spec  # the instance's own: a swap while it runs does not change its limits
-        remaining = max(0.0, inv.started + spec.timeout - time.monotonic())
+        # Under a debugger the function's timeout is suspended: a paused handler is not a hung one.
+        remaining = (None if inst.debug_port is not None
+                     else max(0.0, inv.started + spec.timeout - time.monotonic()))
         try:
             await asyncio.wait_for(asyncio.shield(inv.finished), remaining)
         except TimeoutError:

@@ -32,8 +32,11 @@ class FunctionHost:
     def __init__(self, functions: dict[str, FunctionSpec], *, gateway_url: str, tokens: InvocationTokens,
                  log: FunctionLog = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,
-                 deployments: Deployments | None = None):
+                 deployments: Deployments | None = None, debug: tuple[int, str] | None = None,
+                 spare: bool = True):
         self.functions = functions
+        self.spare = spare  # keep a spare interpreter for cold starts
+        self.debug = debug  # (port, function): see Dispatcher
         self.deployments = deployments
         self.gateway_url = gateway_url
         self.tokens = tokens
@@ -52,7 +55,7 @@ class FunctionHost:
         host, port = self._runner.addresses[0][:2]
         self.dispatcher = Dispatcher(self.functions, instances=instances, runtime_api_addr=f"{host}:{port}",
                                      gateway_url=self.gateway_url, tokens=self.tokens, log=self.log,
-                                     env_overrides=self.env_overrides)
+                                     env_overrides=self.env_overrides, spare=self.spare, debug=self.debug)
         self.dispatcher.start()
         if self.deployments is not None:
             loop = asyncio.get_running_loop()

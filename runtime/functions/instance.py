@@ -1,6 +1,10 @@
 """A function instance: one process running ``runtime.functions.bootstrap``,
 like a Lambda execution environment. It imports the handler once, runs one
-invocation at a time, and stays warm until it idles out or is replaced."""
+invocation at a time, and stays warm until it idles out or is replaced.
+
+Its process is a fresh interpreter, or a spare one (``spare``) that has
+already imported the LLM layer, when the spare can become exactly what the
+fresh one would be: the instance decides, from its environment and code."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +20,7 @@ from pathlib import Path
 from runtime import bundled
 from runtime.functions.invocation import Invocation
 from runtime.functions.logs import FunctionLog, LogLine
+from runtime.functions.spare import Handover, Spare, SpareInterpreters
 from runtime.template.function_spec import FunctionSpec
 from runtime.template.pseudo import LOCAL_REGION
 
@@ -35,6 +40,36 @@ LLMFN_PATHS = [str(bundled.llm_layer_python()), *bundled.runtime_import_path()]
 INHERITED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH"})
 _CALLER_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+# What Python reads only when it starts: a function whose environment sets these
+# differently from the spare's must start a fresh interpreter.
+_STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_")
+_STARTUP_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "HOME"})
+
+
+def inherited_environment() -> dict[str, str]:
+    """What every instance takes from the service's environment."""
+    # An allowlist, never os.environ minus a denylist: the service's keys and its own
+    # AWS credentials stay out. The template and --env-vars add what a function needs.
+    return {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+
+
+def spare_environment() -> dict[str, str]:
+    """A spare interpreter's environment: the inherited part and the LLM layer's path."""
+    return {**inherited_environment(), "PYTHONPATH": os.pathsep.join(LLMFN_PATHS), "PYTHONUNBUFFERED": "1"}
+
+
+def _startup_variables(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if (k.startswith(_STARTUP_PREFIXES) or k in _STARTUP_NAMES) and k != "PYTHONPATH"}
+
+
+def _top_level_names(directory: str) -> set[str]:
+    try:
+        return {entry.partition(".")[0] for entry in os.listdir(directory)}
+    except OSError:
+        return set()
 
 
 def caller_aws_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -69,6 +104,8 @@ class FunctionInstance:
         self.invocations = 0
         self.prewarmed = False  # started and initialized before any invocation needed it
         self._readers: list[asyncio.Task] = []
+        self.from_spare = False  # started from a spare interpreter
+        self.debug_port: int | None = None  # waiting for, or running under, a debugger
 
     @property
     def pid(self) -> int | None:
@@ -78,9 +115,7 @@ class FunctionInstance:
         spec = self.spec
         paths = [str(spec.code_uri)] + [str(p / "python") if (p / "python").is_dir() else str(p)
                                         for p in spec.layers] + LLMFN_PATHS
-        # An allowlist, never os.environ minus a denylist: the service's keys and its own
-        # AWS credentials stay out. The template and --env-vars add what a function needs.
-        env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+        env = inherited_environment()
         env.update({
             "AWS_LAMBDA_RUNTIME_API": f"{self.runtime_api}/i/{self.id}",
             "_HANDLER": spec.handler, "LAMBDA_TASK_ROOT": str(spec.code_uri),
@@ -98,12 +133,34 @@ class FunctionInstance:
         env.update(self.env_overrides)
         return env
 
-    async def start(self) -> None:
+    def can_start_from(self, spare: Spare, env: Mapping[str, str]) -> bool:
+        """Whether ``spare`` would become exactly the process a fresh start gives:
+        Python read the same start-up variables, and none of the modules it has
+        imported would have come from the function's code or layers instead."""
+        if _startup_variables(env) != _startup_variables(spare_environment()):
+            return False
+        own = [str(self.spec.code_uri)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                            if p and p not in LLMFN_PATHS]
+        return not any(_top_level_names(p) & spare.preloaded for p in own)
+
+    async def start(self, spares: SpareInterpreters | None = None, debug_port: int | None = None) -> None:
+        """Start the process: from a spare when one can stand in for a fresh one
+        (never under a debugger), else a fresh interpreter."""
+        env = self.environment()
         self.spawned_at = time.monotonic()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.functions.bootstrap", cwd=str(self.spec.code_uri),
-            env=self.environment(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        spare = (await spares.take(lambda s: self.can_start_from(s, env))
+                 if spares is not None and debug_port is None else None)
+        if spare is not None:
+            self.proc, self.from_spare = spare.proc, True
+            self.proc.stdin.write(Handover(env=env, cwd=str(self.spec.code_uri)).model_dump_json().encode() + b"\n")
+            self.proc.stdin.close()
+        else:
+            self.debug_port = debug_port
+            debug = ["--debug-port", str(debug_port)] if debug_port is not None else []
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime.functions.bootstrap", *debug, cwd=str(self.spec.code_uri),
+                env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         self._readers = [asyncio.create_task(self._pipe(self.proc.stdout)),
                          asyncio.create_task(self._pipe(self.proc.stderr))]
 

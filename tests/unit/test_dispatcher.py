@@ -50,10 +50,11 @@ class FakeInstance:
         self.invocations = 0
         self.prewarmed = False
         self.stop_signal: int | None = None
+        self.debug_port: int | None = None
         self._exit = asyncio.get_running_loop().create_future()
         self._loop: asyncio.Task | None = None
 
-    async def start(self) -> None:
+    async def start(self, spares=None, debug_port: int | None = None) -> None:
         self._loop = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 import zipfile
@@ -116,8 +117,11 @@ def test_bad_deployments_are_refused_and_the_current_version_keeps_serving(proje
     try:
         client, registry = lambda_client(server_url(server, "lambda api")), Registry(server)
         assert _invoke(client)["code"] == "v1"
-        (project / "src" / "app.py").write_text(HANDLER % "v2")
-        v2 = zip_dir(project / "src")
+        # The new code is built beside the served CodeUri: an edit there would be hot-reloaded.
+        v2_src = project / "v2"
+        shutil.copytree(project / "src", v2_src)
+        (v2_src / "app.py").write_text(HANDLER % "v2")
+        v2 = zip_dir(v2_src)
 
         # A config the template's model would refuse (this one broke every invoke until a rollback).
         status, body = registry.register(v2, {**GOOD_CONFIG, "Timeout": "x"})
@@ -132,7 +136,7 @@ def test_bad_deployments_are_refused_and_the_current_version_keeps_serving(proje
             assert status == 400 and field in body["Message"], (config, body)
 
         # Bundles past their caps, or with an entry that escapes the bundle's folder.
-        app = (project / "src" / "app.py").read_bytes()
+        app = (v2_src / "app.py").read_bytes()
         refused = {
             "4096": _zip({"app.py": app, "blob.bin": os.urandom(8000)}),
             "entries": _zip({"app.py": app, **{f"f{i}.txt": b"" for i in range(30)}}),

@@ -27,6 +27,10 @@ CREATE INDEX IF NOT EXISTS lines_by_function ON lines(function, id);
 CREATE INDEX IF NOT EXISTS lines_by_time ON lines(time);
 """
 _QUEUE_LIMIT = 10_000  # lines waiting for the writer; more are dropped
+# The writer gathers lines this long before it writes them: an invocation's START
+# wakes it, and its work waits until the invocation is done instead of competing
+# with it for the interpreter (group commit, as the ledger does).
+_BATCH_WAIT_S = 0.1
 _AGE_TRIM_S = 60.0  # how often the writer drops lines past their age
 
 
@@ -97,6 +101,8 @@ class LogStore:
         last_age_trim = 0.0
         while True:
             batch = [self._queue.get()]
+            if batch[0] is not None:
+                time.sleep(_BATCH_WAIT_S)
             while len(batch) < 1000 and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             done = None in batch

@@ -11,7 +11,7 @@ import signal
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.cli import lambda_client, serve_project, server_url, wait_until
+from tests.support.cli import lambda_client, serve_project, server_url, wait_until, write_project
 
 # every test here starts an llmfn command that serves the embedded model (its pool's workers)
 pytestmark = pytest.mark.llama
@@ -40,9 +40,7 @@ def handler(event, context):
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "template.yaml").write_text(TEMPLATE)
-    (tmp_path / "src" / "app.py").write_text(HANDLER)
+    write_project(tmp_path, TEMPLATE, HANDLER)
     return tmp_path
 
 

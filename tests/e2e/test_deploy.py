@@ -9,7 +9,7 @@ import threading
 import boto3
 import pytest
 
-from tests.support.cli import lambda_client, llmfn, serve_project, server_url
+from tests.support.cli import lambda_client, llmfn, serve_project, server_url, write_project
 
 # every test here starts an llmfn command that serves the embedded model (its pool's workers)
 pytestmark = pytest.mark.llama
@@ -42,9 +42,7 @@ def handler(event, context):
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "template.yaml").write_text(TEMPLATE)
-    (tmp_path / "src" / "app.py").write_text(HANDLER % "v1")
+    write_project(tmp_path, TEMPLATE, HANDLER % "v1")
     return tmp_path
 
 

@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from runtime.functions.deployments import sha256_of, zip_dir
-from tests.support.cli import lambda_client, serve_project, server_url
+from tests.support.cli import lambda_client, serve_project, server_url, write_project
 
 # every test here starts an llmfn command that serves the embedded model (its pool's workers)
 pytestmark = pytest.mark.llama
@@ -56,9 +56,7 @@ def handler(event, context):
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "template.yaml").write_text(TEMPLATE)
-    (tmp_path / "src" / "app.py").write_text(HANDLER % "v1")
+    write_project(tmp_path, TEMPLATE, HANDLER % "v1")
     return tmp_path
 
 

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from tests.support.cli import ROOT, Server, lambda_client, llmfn, wait_until
+from tests.support.cli import ROOT, Server, lambda_client, llmfn, wait_until, write_project
 
 # every test here starts an llmfn command that serves the embedded model (its pool's workers)
 pytestmark = pytest.mark.llama
@@ -41,11 +41,7 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project whose function calls no model."""
-    project = tmp_path_factory.mktemp("logs")
-    (project / "src").mkdir()
-    (project / "template.yaml").write_text(TEMPLATE)
-    (project / "src" / "app.py").write_text(HANDLER)
-    return project
+    return write_project(tmp_path_factory.mktemp("logs"), TEMPLATE, HANDLER)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from runtime.gateway.auth import TOKEN_PREFIX
 from runtime.pool.protocol import HEADER, Kind, frame, json_frame
-from tests.support.cli import Server, llmfn
+from tests.support.cli import Server, llmfn, write_project
 from tests.support.gateway import call
 
 # every test here starts an llmfn command that serves the embedded model (its pool's workers)
@@ -102,11 +102,7 @@ def _serve(project: Path, data: Path, env: dict, *extra: str) -> Service:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("security")
-    (root / "src").mkdir()
-    (root / "template.yaml").write_text(TEMPLATE)
-    (root / "src" / "app.py").write_text(HANDLER)
-    return root
+    return write_project(tmp_path_factory.mktemp("security"), TEMPLATE, HANDLER)
 
 
 @pytest.fixture(scope="module")

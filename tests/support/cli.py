@@ -122,6 +122,14 @@ def result(cp: subprocess.CompletedProcess) -> dict:
     return json.loads(cp.stdout)
 
 
+def write_project(root: Path, template: str, handler: str) -> Path:
+    """A one-function project: ``template.yaml`` and its handler in ``src/app.py``."""
+    (root / "src").mkdir(parents=True, exist_ok=True)
+    (root / "template.yaml").write_text(template)
+    (root / "src" / "app.py").write_text(handler)
+    return root
+
+
 def serve_project(project: Path, env: dict | None = None) -> Server:
     """``llmfn serve`` of a project folder (its ``template.yaml``) on free ports, with its
     data dir inside the project."""

@@ -92,11 +92,11 @@ class Metrics:
         self.ttft.labels(self.model(model)).observe(seconds)
 
     def observe_call(self, call: CallRecord) -> None:
-        model = self.model(call.model)
-        self.requests.labels(model, call.endpoint, call_label(call.status, call.error)).inc()
+        model, status = self.model(call.model), call_label(call.status, call.error)
+        self.requests.labels(model, call.endpoint, status).inc()
         self.latency.labels(model, call.endpoint).observe(call.latency_s)
         who = (call.principal.kind, call.principal.name)
-        self.calls.labels(model, *who, call_label(call.status, call.error)).inc()
+        self.calls.labels(model, *who, status).inc()
         for kind, n in (("prompt", call.prompt_tokens), ("completion", call.completion_tokens)):
             if n:
                 self.caller_tokens.labels(model, *who, kind).inc(n)

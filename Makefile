@@ -7,8 +7,9 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install system-deps run lint test bench clean
 
-# Servers the tests start for real: Redis (shared quota counters) and Chromium
-# (the usage page). Installed from Debian's packages when missing.
+# Servers the tests start for real: Redis (shared quota counters), Chromium (the
+# usage page) and PostgreSQL (the shared stores; Debian keeps its programs under
+# /usr/lib/postgresql/N/bin). Installed from Debian's packages when missing.
 SYSTEM_DEPS := redis-server chromium
 
 $(STAMP): pyproject.toml constraints.txt
@@ -16,13 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
 	# constraints.txt pins every package to a set known to work together (no resolver backtracking).
-	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate]'
+	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 system-deps:
 	@missing=""; for cmd in $(SYSTEM_DEPS); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -20,6 +20,7 @@ from tests.support.gateway import MODEL, GatewayThread, model
 from tests.support.grammar_check import GrammarChecker, embedded_tokenizer
 from tests.support.llama import MODEL_FIXTURES, WorkerWatch, loads_model
 from tests.support.moto_server import AWS_ENV_TO_CLEAR, DUMMY_AWS_ENV, start_moto_server
+from tests.support.postgres import PostgresServer
 
 # ---- which tests load a model --------------------------------------------------
 
@@ -175,3 +176,32 @@ def redis_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---- PostgreSQL: the shared stores' other database -------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (see tests/support/postgres.py)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty database of its own on the session's server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where a store keeps its records, once per database: ``db_target("ledger.db")``
+    is that file in the test's folder, or one new PostgreSQL database (the same for
+    every name in a test, as ``--database-url`` puts every store in one)."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / name
+    url = request.getfixturevalue("postgres_url")
+    return lambda name: url

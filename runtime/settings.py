@@ -69,6 +69,10 @@ class Settings(BaseSettings):
                                         "Unset: the data dir's admin.key, which serve creates at first start.")
     admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
+    database_url: SecretStr | None = Field(None, description=(
+        "postgresql://USER@HOST/DB: keep the ledger, API keys, deployments and event deliveries there, "
+        "shared by every gateway given the same URL (a password belongs in PGPASSWORD or ~/.pgpass). "
+        "Unset: SQLite files in the data dir."))
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description=(
         "How the service's log records and the function log lines are written to stderr: text, or "
@@ -111,6 +115,13 @@ class Settings(BaseSettings):
     _split = field_validator("model", mode="before")(_csv)
     _one = field_validator("parameter_overrides", mode="before")(lambda v: [v] if isinstance(v, str) else v)
     _upper = field_validator("warm_containers", mode="before")(lambda v: v.upper() if isinstance(v, str) else v)
+
+    def store(self, name: str) -> Path | str:
+        """Where the store ``name`` (ledger, keys, deliveries, deployments) keeps its
+        records: the database URL, or the SQLite file ``<data dir>/<name>.sqlite3``."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return self.data_dir / f"{name}.sqlite3"
 
     @property
     def ledger_path(self) -> Path:

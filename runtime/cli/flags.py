@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from urllib.parse import urlsplit
 
 from runtime import log_format
 from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, from_flags
@@ -170,10 +171,14 @@ def settings_of(args: argparse.Namespace) -> Settings:
         if getattr(args, field, None) is not None:
             print(f"llmfn: warning: {flag} puts a secret on the command line, where every local user can "
                   f"read it (ps, /proc/PID/cmdline); use {instead}", file=sys.stderr, flush=True)
+    if urlsplit(getattr(args, "database_url", None) or "").password:
+        print("llmfn: warning: --database-url holds a password, which every local user can read on the "
+              "command line (ps, /proc/PID/cmdline); use LLMFN_DATABASE_URL, PGPASSWORD or ~/.pgpass",
+              file=sys.stderr, flush=True)
     settings = from_flags(Settings, args)
     # Once the settings hold them, the secrets leave the environment that workers and
     # every other child process inherit.
-    for field in _SECRET_FLAGS:
+    for field in (*_SECRET_FLAGS, "database_url"):
         os.environ.pop(f"LLMFN_{field.upper()}", None)
     logging.getLogger().setLevel(settings.log_level.upper())
     if hasattr(args, "log_format"):  # the commands that run the product

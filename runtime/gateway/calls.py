@@ -80,7 +80,9 @@ class CallMeter:
         self._written: Future | None = None
         self._admission: Future | None = None
         self._prompt = 0
-        self._progress_at = 0.0
+        # the admission row holds the call's start: a call shorter than the interval
+        # writes no progress at all, and its first tokens pay for no write
+        self._progress_at = self.started
 
     def record(self, status: CallStatus, prompt: int = 0, completion: int = 0, cached: int = 0,
                error: str | None = None) -> CallRecord:
@@ -107,6 +109,10 @@ class CallMeter:
         Raises ``LedgerUnavailable`` when it cannot be written."""
         written, self._admission = self._admission, None
         if written is None:
+            return
+        if written.done():  # the usual case by the first token: no trip through the loop
+            if written.exception() is not None:
+                raise written.exception()
             return
         try:
             await committed(written)

@@ -130,16 +130,27 @@ class WorkerClient:
         return kind, payload
 
     async def _read_loop(self) -> None:
-        read = self._reader.readexactly
+        # Whatever the socket has is parsed at once: a worker's step sends a frame per
+        # running sequence, and one read hands them all to their requests.
+        read, buf, head = self._reader.read, bytearray(), HEADER.size
         try:
             while True:
-                length, req_id, kind = HEADER.unpack(await read(HEADER.size))
-                if length > MAX_PAYLOAD:
-                    raise ConnectionError("frame too large")
-                payload = await read(length) if length else b""
-                q = self._queues.get(req_id)
-                if q is not None:
-                    q.put_nowait((kind, payload))
+                data = await read(1 << 18)
+                if not data:
+                    raise asyncio.IncompleteReadError(bytes(buf), None)
+                buf += data
+                start, end = 0, len(buf)
+                while end - start >= head:
+                    length, req_id, kind = HEADER.unpack_from(buf, start)
+                    if length > MAX_PAYLOAD:
+                        raise ConnectionError("frame too large")
+                    if end - start - head < length:
+                        break
+                    q = self._queues.get(req_id)
+                    if q is not None:
+                        q.put_nowait((kind, bytes(buf[start + head:start + head + length])))
+                    start += head + length
+                del buf[:start]
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             self._lost = exc
         except asyncio.CancelledError:

@@ -142,10 +142,11 @@ def server_url(server: Server, name: str) -> str:
     return server.wait_for(rf"llmfn {name} on (http://\S+)").group(1)
 
 
-def lambda_client(url: str):
-    """boto3's Lambda client against a local Lambda API, with no retries."""
+def lambda_client(url: str, key: str = "x"):
+    """boto3's Lambda client against a local Lambda API, with no retries; ``key`` goes as
+    the access key id, which is how the API reads an API key from a signed request."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key,
                         aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}, read_timeout=60))

@@ -78,7 +78,7 @@ def _add_commands(sub) -> None:
     k = ksub.add_parser("revoke", help="Revoke a key.")
     k.add_argument("name")
     for k in ksub.choices.values():
-        add_flags(k, Settings, ("data_dir", "admin_key_file"))
+        add_flags(k, Settings, ("data_dir", "admin_key_file", "database_url"))
         k.add_argument("--endpoint", default=None, help="Manage the keys of this running gateway through its "
                        "/admin/keys (with the admin key) instead of the data dir's key store.")
 
@@ -97,7 +97,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=100, help="With --calls: calls per page (at most 1000).")
     p.add_argument("--cursor", help="With --calls: the next page, from the cursor the last one printed.")
     p.add_argument("--format", choices=["text", "csv", "json"], default="text", help="With --calls: output format.")
-    add_flags(p, Settings, ("data_dir",))
+    add_flags(p, Settings, ("data_dir", "database_url"))
 
     p = sub.add_parser("deploy", help="Build, upload to S3 and switch the running service to new code.")
     add_flags(p, ClientSettings, flags={"deploy_bucket": ("--s3-bucket",)})

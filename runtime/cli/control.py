@@ -150,7 +150,7 @@ def _calls(args: argparse.Namespace) -> int:
 
     service_type, resource = _subject(args)
     flt = call_log.CallFilter(service_type=service_type, resource=resource, model=args.model,
-                              status=args.status, since=_calls_since(args.since or args.from_),
+                              status=args.status, since=calls_since(args.since or args.from_),
                               until=call_log.parse_moment(args.to, end=True) if args.to else None)
     settings = settings_of(args)
     secure(settings.data_dir)
@@ -168,8 +168,9 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calls_since(text: str | None) -> float | None:
-    """A period back from now (7d, 2w, 3m) or a moment (ISO date or datetime)."""
+def calls_since(text: str | None) -> float | None:
+    """A period back from now (7d, 2w, 3m) or a moment (ISO date or datetime): where
+    ``--since`` of ``usage --calls`` and ``ledger export`` starts."""
     import time
 
     from runtime.accounting.call_log import parse_moment

@@ -1,7 +1,8 @@
 """Individual calls from the ledger, newest first, a page at a time: what
 ``GET /v1/usage/calls`` and ``llmfn usage --calls`` list, as JSON rows or CSV.
 
-Paging is by cursor (the last row's ``(ts, rowid)``), so a page stays right
+Paging is by cursor (the last row's ``(ts, row id)``: SQLite's rowid, or the
+ascending id a PostgreSQL ledger gives its rows), so a page stays right
 while new calls are being written. Who may list whose calls is decided by the
 caller (the gateway's access rules), not here.
 """
@@ -37,19 +38,20 @@ class CallFilter:
 def list_calls(ledger: Ledger, flt: CallFilter, *, limit: int = DEFAULT_LIMIT,
                cursor: str | None = None) -> dict[str, Any]:
     """One page: ``{"data": [row, ...], "next_cursor": str | None}``. Blocking
-    (SQLite reads): call it from an executor on the event loop.
+    (database reads): call it from an executor on the event loop.
 
     Raises ``ValueError`` for a limit out of range or a cursor it did not make.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    row_id = ledger.dialect.row_id_name
     clauses, params = _where(flt)
     if cursor:
-        clauses.append("(ts, rowid) < (?, ?)")
+        clauses.append(f"(ts, {row_id}) < (?, ?)")
         params += _parse_cursor(cursor)
-    where = " AND ".join(clauses) or "1"
-    rows = ledger.read(f"SELECT {', '.join(_SELECTED)}, rowid FROM calls WHERE {where}"
-                       " ORDER BY ts DESC, rowid DESC LIMIT ?", [*params, limit + 1])
+    where = " AND ".join(clauses) or "1 = 1"
+    rows = ledger.read(f"SELECT {', '.join(_SELECTED)}, {row_id} FROM calls WHERE {where}"
+                       f" ORDER BY ts DESC, {row_id} DESC LIMIT ?", [*params, limit + 1])
     page = [_row(r) for r in rows[:limit]]
     last = rows[limit - 1] if len(rows) > limit else None
     return {"object": "list", "data": page,
@@ -88,7 +90,7 @@ def _parse_cursor(cursor: str) -> list[Any]:
         position = [float(ts), int(rowid)]
     except ValueError:
         position = None
-    if position is None or not 0 <= position[1] < 2 ** 63:  # SQLite's rowids are 64-bit
+    if position is None or not 0 <= position[1] < 2 ** 63:  # row ids are 64-bit on both databases
         raise ValueError(f"{cursor!r} is not a cursor from an earlier page")
     return position
 

@@ -1,4 +1,5 @@
-"""The usage ledger: every LLM call is one row in an embedded SQLite file.
+"""The usage ledger: every LLM call is one row, in an embedded SQLite file or in
+a PostgreSQL database that gateway replicas share (``runtime.database``).
 
 A call that is dispatched to a model is written twice, and the gateway waits
 for both commits: when it is admitted (``admit``: status ``running``, with the
@@ -8,37 +9,48 @@ refused before admission (bad input, quota) is one ``record``ed row.
 
 One writer thread commits whatever is waiting in one transaction (group
 commit): concurrent calls share a commit and the event loop never touches the
-disk. The backlog is bounded; past the bound, or when SQLite cannot write
-(disk full, read-only file), ``admit`` fails with ``LedgerUnavailable`` (a 503)
-instead of letting a call run unrecorded or the backlog grow.
+database. The backlog is bounded; past the bound, or when the database cannot
+write (disk full, read-only file, a PostgreSQL server that is down or refuses),
+``admit`` fails with ``LedgerUnavailable`` (a 503) instead of letting a call run
+unrecorded or the backlog grow. A lost PostgreSQL connection is opened again
+at the next write.
 
 A gateway killed mid-call leaves ``running`` rows; the next ``Ledger`` opened on
-the file marks them failures with error type ``interrupted``, keeping the
-tokens known. A process holds a lock file (``<ledger>.owners/<id>.lock``) while
-it may have rows in flight, so rows of a live gateway sharing the file are
-never touched. Reads go through their own connection: in WAL mode readers and
-the one writer never wait for each other.
+the database marks them failures with error type ``interrupted``, keeping the
+tokens known. A process holds an owner lock while it may have rows in flight
+(``runtime.accounting.owners``: a lock file beside a SQLite file, a session
+advisory lock on PostgreSQL), so rows of a live gateway sharing the database
+are never touched. Reads go through their own connection, so they never wait
+for the writer.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
 import collections
-import fcntl
 import logging
 import operator
-import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from runtime.accounting.owners import AdvisoryLocks, LockFiles, Owners
 from runtime.accounting.status import INTERRUPTED, CallerKind, CallStatus, LedgerStatus, ServiceType, ledger_outcome
+from runtime.database import (
+    Connection,
+    Dialect,
+    Target,
+    connect,
+    is_postgres,
+    migration_lock,
+    schema_version,
+    set_schema_version,
+)
 from runtime.errors import LedgerUnavailable
 
 
@@ -69,10 +81,18 @@ class LedgerCall(Protocol):
 log = logging.getLogger(__name__)
 
 RUNNING = LedgerStatus.RUNNING  # admitted, not ended: the status of a call in flight
-SCHEMA_VERSION = 3  # PRAGMA user_version; 0 (no version) is the first ledger format
+COMPONENT = "ledger"  # its schema version's name (PRAGMA user_version of a SQLite file)
+SCHEMA_VERSION = 3  # 0 (no version) is the first ledger format
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS calls (
+
+def schema(dialect: Dialect) -> tuple[str, ...]:
+    """The first format's table, in ``dialect``: PostgreSQL has no rowid, so its
+    rows get an explicit ascending id (``Dialect.row_id``)."""
+    row_id = f",\n    {dialect.row_id}" if dialect.row_id else ""
+    return (FIRST_TABLE.replace("REAL", dialect.real).replace("ROW_ID", row_id), *FIRST_INDEXES)
+
+
+FIRST_TABLE = """CREATE TABLE IF NOT EXISTS calls (
     ts                REAL    NOT NULL,
     service_type      TEXT    NOT NULL,
     resource          TEXT    NOT NULL,
@@ -86,8 +106,9 @@ SCHEMA = (
     latency_ms        REAL    NOT NULL,
     ttft_ms           REAL,
     request_id        TEXT    NOT NULL,
-    endpoint          TEXT    NOT NULL
-)""",
+    endpoint          TEXT    NOT NULL ROW_ID
+)"""
+FIRST_INDEXES = (
     "CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts)",
     "CREATE INDEX IF NOT EXISTS calls_resource_model_ts ON calls (resource, model, ts)",
 )
@@ -153,17 +174,30 @@ PROGRESS = ("prompt_tokens", "completion_tokens", "cached_tokens", "latency_ms",
 _progress = operator.attrgetter(*PROGRESS)
 UPDATE_PROGRESS = (f"UPDATE calls SET {', '.join(f'{c} = ?' for c in PROGRESS)}"
                    f" WHERE call_id = ? AND status = '{RUNNING}'")
-# what a call costs a budget: an unfinished call its reservation, since the tokens it
-# generated after its last progress write are unknown
-BUDGET_TOKENS = (f"CASE WHEN status = '{RUNNING}' OR error_type = '{INTERRUPTED}'"
-                 " THEN MAX(reserved_tokens, prompt_tokens + completion_tokens)"
-                 " ELSE prompt_tokens + completion_tokens END")
+
+
+def budget_tokens(dialect: Dialect) -> str:
+    """What a call costs a budget: an unfinished call its reservation, since the
+    tokens it generated after its last progress write are unknown."""
+    return (f"CASE WHEN status = '{RUNNING}' OR error_type = '{INTERRUPTED}'"
+            f" THEN {dialect.max2('reserved_tokens', 'prompt_tokens + completion_tokens')}"
+            " ELSE prompt_tokens + completion_tokens END")
+
+
 # what a probe writes and rolls back: the size of an ordinary row, so a full disk refuses it
 _PROBE = LedgerRow(0.0, ServiceType.KEY, "probe", None, "probe", 0, 0, 0, LedgerStatus.FAILURE, "probe",
                    0.0, None, request_id="0" * 32, endpoint="probe", call_id=None)
-# a failed write that is the row's fault, not the file's: the other rows of its batch still go in
-_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-               sqlite3.DataError)
+# a failed write that is the row's fault, not the database's: the other rows of its batch still go in
+_SQLITE_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                      sqlite3.DataError)
+
+
+def _row_errors(conn: Connection) -> tuple[type[Exception], ...]:
+    if not conn.postgres:
+        return _SQLITE_ROW_ERRORS
+    import psycopg
+
+    return psycopg.IntegrityError, psycopg.DataError
 
 
 @dataclass(slots=True)
@@ -174,29 +208,32 @@ class _Op:
 
 
 class Ledger:
-    """The ledger file at ``path`` (created with its parent folders if missing;
-    a file of an earlier format is migrated in place). Opening it marks the
-    rows of dead gateways interrupted.
+    """The ledger at ``target``: a SQLite file (created with its parent folders if
+    missing) or a ``postgresql://`` URL; a ledger of an earlier format is
+    migrated in place. Opening it marks the rows of dead gateways interrupted
+    (unless ``recover`` is false: a reader that changes no row).
 
     ``admit`` and ``complete`` return a ``Future`` resolved once the row is
     committed (await it on the event loop with ``committed``). At most
     ``max_pending`` admissions and refusal rows wait for the writer.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_pending: int = 10_000,
-                 progress_interval: float = 0.1):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: Target, *, max_pending: int = 10_000,
+                 progress_interval: float = 0.1, recover: bool = True):
+        self.target = target if is_postgres(target) else Path(target)
         self.max_pending, self.progress_interval = max_pending, progress_interval
         self.owner_id = uuid.uuid4().hex
-        self.dropped = 0  # refusal rows not written (backlog full or file unwritable)
+        self.dropped = 0  # refusal rows not written (backlog full or database unwritable)
         self.healthy = True  # the last write went through (False after a failed one)
-        self._lock_fd: int | None = None
-        self._writer = _connect(self.path)
+        self._owned = False  # this process has held its owner lock: it may have rows in flight
+        self._writer = _connect(self.target)
+        self.dialect = self._writer.dialect
+        self._row_errors = _row_errors(self._writer)
+        self._owners: Owners = (AdvisoryLocks(self.target) if self._writer.postgres
+                                else LockFiles(self.target))
         _migrate(self._writer)
-        self.recovered = self._recover()
-        self._reader = _connect(self.path)
-        self._reader.execute("PRAGMA query_only = ON")
+        self.recovered = self._recover() if recover else 0
+        self._reader = _connect(self.target, read_only=True)
         self._read_lock = threading.Lock()  # the read connection is shared across threads
         self._cv = threading.Condition()  # guards the queue; never held across I/O
         self._ops: collections.deque[_Op] = collections.deque()
@@ -257,7 +294,7 @@ class Ledger:
 
     def probe(self) -> Future:
         """Try a write (rolled back) in the writer's next batch: resolved when the
-        file takes rows again, ``LedgerUnavailable`` when it still cannot. It is how
+        database takes rows again, ``LedgerUnavailable`` when it still cannot. It is how
         an unhealthy ledger learns it has recovered before a call risks it."""
         fut: Future = Future()
         self._submit(_Op("probe", None, fut), bounded=False)
@@ -270,7 +307,7 @@ class Ledger:
 
     def close(self) -> None:
         """Write what is queued, mark this process's unfinished calls interrupted,
-        stop the writer thread and close the file. Idempotent."""
+        stop the writer thread and close the database. Idempotent."""
         with self._cv:
             if self._closed:
                 return
@@ -279,12 +316,12 @@ class Ledger:
         atexit.unregister(self.close)
         self._thread.join()
         try:
-            if self._lock_fd is not None:
+            if self._owned:
                 self._interrupt(self.owner_id)
-        except sqlite3.Error:
+        except self._writer.Error:
             log.exception("ledger: unfinished calls stay running until the next start")
         finally:
-            self._release()
+            self._owners.release()
             with self._read_lock:
                 self._writer.close()
                 self._reader.close()
@@ -319,7 +356,7 @@ class Ledger:
     def _write(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
         try:
             self._commit(ops, progress)
-        except _ROW_ERRORS:
+        except self._row_errors:
             self._write_each(ops, progress)  # a row the database refuses must not sink the rest
         except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad batch
             self._fail(ops, exc)
@@ -360,11 +397,11 @@ class Ledger:
         """One transaction for the batch: every row in it or none."""
         if not progress and all(op.kind == "barrier" for op in ops):
             return
-        c = self._writer
-        if any(op.kind == "admit" for op in ops):
-            self._own()
-        c.execute("BEGIN IMMEDIATE")
+        c = self._begin()  # first: it may find the owner lock's session gone
         try:
+            if any(op.kind == "admit" for op in ops):
+                self._owners.hold(self.owner_id)
+                self._owned = True
             for op in ops:
                 if op.kind == "admit":
                     c.execute(INSERT_OWNED, (*_values(op.row), self.owner_id))
@@ -386,27 +423,32 @@ class Ledger:
                 c.execute("ROLLBACK")
             raise
 
+    def _begin(self) -> Connection:
+        """Open the batch's transaction. A connection PostgreSQL dropped while it was
+        idle (a restart, a failover) is only found out here, before anything of the
+        batch was sent: it is opened again once, so the first call after an outage
+        is not refused for it."""
+        c = self._writable()
+        try:
+            c.execute(c.dialect.begin)
+        except c.Error:
+            if not _lost(c):
+                raise
+            c = self._writable()
+            c.execute(c.dialect.begin)
+        return c
+
+    def _writable(self) -> Connection:
+        """The writer's connection, opened again when PostgreSQL dropped it: a
+        failure to connect is the batch's ``LedgerUnavailable``."""
+        if not _lost(self._writer):
+            return self._writer
+        self._writer.close()
+        self._writer = _connect(self.target)
+        self._owners.recheck()  # the owner lock's session may have gone down with it
+        return self._writer
+
     # -- owners and recovery -------------------------------------------------
-
-    def _own(self) -> None:
-        """Hold this process's lock file before its first running row is written."""
-        if self._lock_fd is not None:
-            return
-        owners = _owners_dir(self.path)
-        owners.mkdir(mode=0o700, exist_ok=True)
-        # locked under a temporary name, then renamed: nobody sees it unlocked
-        tmp = owners / f".{self.owner_id}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(tmp, owners / f"{self.owner_id}.lock")
-        self._lock_fd = fd
-
-    def _release(self) -> None:
-        if self._lock_fd is None:
-            return
-        (_owners_dir(self.path) / f"{self.owner_id}.lock").unlink(missing_ok=True)
-        os.close(self._lock_fd)
-        self._lock_fd = None
 
     def _recover(self) -> int:
         """Mark the running rows of dead owners interrupted; the number marked."""
@@ -415,11 +457,11 @@ class Ledger:
                 f"SELECT DISTINCT owner FROM calls WHERE status = '{RUNNING}'")]
             marked = 0
             for owner in owners:
-                with _dead(self.path, owner) as dead:
+                with self._owners.dead(owner) as dead:
                     if dead:
                         marked += self._interrupt(owner)
-            _sweep(self.path)
-        except (sqlite3.Error, OSError):
+            self._owners.sweep()
+        except (self._writer.Error, OSError):
             log.exception("ledger: interrupted calls stay running until the next start")
             return 0
         if marked:
@@ -428,9 +470,9 @@ class Ledger:
         return marked
 
     def _interrupt(self, owner: str | None) -> int:
-        cur = self._writer.execute(
+        cur = self._writable().execute(
             f"UPDATE calls SET status = '{LedgerStatus.FAILURE}', error_type = '{INTERRUPTED}'"
-            f" WHERE owner IS ? AND status = '{RUNNING}'", (owner,))
+            f" WHERE owner {self.dialect.null_safe_eq} ? AND status = '{RUNNING}'", (owner,))
         return cur.rowcount
 
     # -- reading -----------------------------------------------------------
@@ -441,6 +483,8 @@ class Ledger:
         first, so a read sees every row recorded before it."""
         self.flush()
         with self._read_lock:
+            if _lost(self._reader):
+                self._reader = _connect(self.target, read_only=True)
             return self._reader.execute(sql, params).fetchall()
 
     def totals(self, resource: str, model: str | None, since: float, *,
@@ -448,7 +492,7 @@ class Ledger:
         """Tokens ``resource`` spent since ``since``, for one model or all: what
         start-up rebuilds token budgets from. A call in flight or interrupted
         counts its reservation, so a crash never gives back a spent budget."""
-        sql = f"SELECT COALESCE(SUM({BUDGET_TOKENS}), 0) FROM calls WHERE resource = ? AND ts >= ?"
+        sql = f"SELECT COALESCE(SUM({budget_tokens(self.dialect)}), 0) FROM calls WHERE resource = ? AND ts >= ?"
         params: list[Any] = [resource, since]
         if model is not None:
             sql += " AND model = ?"
@@ -487,71 +531,44 @@ def _settle(fut: Future, error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
-def _owners_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".owners")
-
-
-@contextmanager
-def _dead(path: Path, owner: str | None) -> Iterator[bool]:
-    """Whether ``owner`` is gone (its lock file missing or unlocked); a dead
-    owner's file stays locked by us until its rows are marked, then goes."""
-    lock = _owners_dir(path) / f"{owner}.lock"
-    if owner is None or "/" in owner:
-        yield owner is None
-        return
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-        lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def _sweep(path: Path) -> None:
-    """Remove the lock files of owners that died with nothing in flight."""
-    owners = _owners_dir(path)
-    if not owners.is_dir():
-        return
-    for lock in owners.glob("*.lock"):
-        with _dead(path, lock.stem):
-            pass
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: Connection) -> None:
     """Create the table, or bring a ledger of an earlier format up to date."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+    if schema_version(conn, COMPONENT) >= SCHEMA_VERSION:
         return
-    conn.execute("BEGIN IMMEDIATE")  # two processes opening one old file migrate it once
-    try:
-        for statement in SCHEMA:
-            conn.execute(statement)
-        have = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
+    with conn.transaction():  # two processes opening one old ledger migrate it once
+        migration_lock(conn, COMPONENT)
+        if schema_version(conn, COMPONENT) >= SCHEMA_VERSION:
+            return
+        conn.script(schema(conn.dialect))
+        have = _columns(conn)
         for name, declaration in ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {declaration}")
-        for statement in (*INDEXES_V2, *INDEXES_V3):
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        conn.script((*INDEXES_V2, *INDEXES_V3))
+        set_schema_version(conn, COMPONENT, SCHEMA_VERSION)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # check_same_thread=False: each connection is used by one thread at a time (the
-    # writer thread, or under the read lock); isolation_level=None: explicit transactions
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
+def _columns(conn: Connection) -> set[str]:
+    if not conn.postgres:
+        return {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
+    return {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'calls'")}
+
+
+def _connect(target: Target, *, read_only: bool = False) -> Connection:
+    conn = connect(target)
+    if conn.postgres:
+        # the write-ahead promise needs an admitted row on disk before the call runs,
+        # whatever the server's default (docs/accounting.md)
+        conn.execute("SET synchronous_commit = on")
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
+    elif read_only:
+        conn.execute("PRAGMA query_only = ON")
     return conn
+
+
+def _lost(conn: Connection) -> bool:
+    """A PostgreSQL connection the server dropped (a SQLite file is never lost)."""
+    return conn.postgres and (conn.raw.closed or conn.raw.broken)

@@ -2,8 +2,9 @@
 latencies, grouped per UTC day, model or resource, for the CLI
 (``render_text``), ``GET /v1/usage`` and the usage page (the report dict).
 
-The sums and the exact medians are computed in SQLite (window functions), so a
-three-month report never loads its rows into Python. Calls still in flight are
+The sums and the exact medians are computed in the database (window functions,
+in SQL that SQLite and PostgreSQL read alike), so a three-month report never
+loads its rows into Python. Calls still in flight are
 left out until they end; calls interrupted by a crash are failures with the
 tokens the ledger knew.
 """
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from runtime.accounting.ledger import RUNNING, Ledger
+from runtime.database import Dialect
 
 DAY = 86400.0
 MAX_PERIOD_DAYS = 92  # "up to 3 months": the longest three calendar months
@@ -22,9 +24,12 @@ DEFAULT_SINCE = "7d"
 SERVICE_TYPES = ("function", "key")
 GroupBy = Literal["day", "model", "resource"]
 
+# a call's UTC day (YYYY-MM-DD), per database
+UTC_DAY = {"sqlite": "strftime('%Y-%m-%d', ts, 'unixepoch')",
+           "postgresql": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
 # group key columns per grouping; days are UTC dates
 KEYS: dict[str, tuple[tuple[str, str], ...]] = {
-    "day": (("day", "strftime('%Y-%m-%d', ts, 'unixepoch')"),),
+    "day": (("day", "UTC_DAY"),),
     "model": (("model", "model"),),
     "resource": (("service_type", "service_type"), ("resource", "resource")),
     "total": (),
@@ -39,7 +44,7 @@ def usage_report(ledger: Ledger, *, service_type: str | None = None, resource: s
                  by: GroupBy = "day") -> dict[str, Any]:
     """Usage in ``[since, until)``, grouped ``by`` day, model or resource.
 
-    Blocking (SQLite reads): call it from an executor on the event loop.
+    Blocking (database reads): call it from an executor on the event loop.
     """
     if by not in ("day", "model", "resource"):
         raise ValueError(f"by must be day, model or resource, not {by!r}")
@@ -78,7 +83,7 @@ def _where(service_type: str | None, resource: str | None, model: str | None,
 
 def _grouped(ledger: Ledger, grouping: str, where: str, params: list[Any]) -> list[dict[str, Any]]:
     """One dict per group: its key fields, then the stats."""
-    keys = KEYS[grouping]
+    keys = _keys(grouping, ledger.dialect)
     names = [name for name, _ in keys]
     sums = _sums(ledger, keys, where, params)
     latency = _medians(ledger, keys, "latency_ms", where, params)
@@ -95,7 +100,8 @@ def _sums(ledger: Ledger, keys, where: str, params: list[Any]) -> dict[tuple, di
     exprs = [expr for _, expr in keys]
     group = f" GROUP BY {', '.join(exprs)}" if exprs else ""
     sql = (f"SELECT {''.join(e + ', ' for e in exprs)}"
-           "COUNT(*), SUM(status = 'success'), SUM(status != 'success'),"
+           "COUNT(*), SUM(CASE WHEN status = 'success' THEN 1 ELSE 0 END),"
+           " SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END),"
            " SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens)"
            f" FROM calls WHERE {where}{group}")
     result = {}
@@ -122,6 +128,10 @@ def _medians(ledger: Ledger, keys, column: str, where: str,
            f" WHERE rn IN ((n + 1) / 2, (n + 2) / 2) GROUP BY {', '.join(aliases)}")
     width = len(keys)
     return {tuple(row[:width]): row[-1] for row in ledger.read(sql, params)}
+
+
+def _keys(grouping: str, dialect: Dialect) -> tuple[tuple[str, str], ...]:
+    return tuple((name, UTC_DAY[dialect.name] if expr == "UTC_DAY" else expr) for name, expr in KEYS[grouping])
 
 
 def _stats(values: dict[str, int], p50_latency: float | None = None,

@@ -21,7 +21,7 @@ def keys(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if getattr(args, "models", None) else None
     limits = Limits(*(getattr(args, k, None) for k in ("rpm", "tpm", "daily_tokens", "monthly_tokens")))
     manage = (_GatewayKeys(args.endpoint, _admin_key_or_fail(settings)) if args.endpoint
-              else _LocalKeys(settings.keys_path, settings.data_dir))
+              else _LocalKeys(settings.store("keys"), settings.data_dir))
     if args.keys_command == "create":
         print(manage.create(args.name, models, limits))
         print(f"key '{args.name}' created; this is the only time its secret is shown", file=sys.stderr)
@@ -44,13 +44,14 @@ def _print_keys(rows: list[dict]) -> None:
 
 
 class _LocalKeys:
-    """The key store file itself: on the service's machine, as its user."""
+    """The key store itself: its file on the service's machine, as its user, or the
+    database of ``--database-url``."""
 
-    def __init__(self, path: Path, data_dir: Path):
+    def __init__(self, target: Path | str, data_dir: Path):
         from runtime.accounting.keys import KeyStore
 
         secure(data_dir)
-        self.store = KeyStore(path)
+        self.store = KeyStore(target)
 
     def create(self, name, models, limits) -> str:
         return self.store.create(name, models=models, limits=limits)
@@ -127,7 +128,7 @@ def usage(args: argparse.Namespace) -> int:
     service_type, resource = _subject(args)
     settings = settings_of(args)
     secure(settings.data_dir)
-    ledger = Ledger(settings.ledger_path)
+    ledger = Ledger(settings.store("ledger"))
     try:
         report = usage_report(ledger, service_type=service_type, resource=resource, model=args.model,
                               since=since, until=until, by=args.by)
@@ -149,11 +150,11 @@ def _calls(args: argparse.Namespace) -> int:
 
     service_type, resource = _subject(args)
     flt = call_log.CallFilter(service_type=service_type, resource=resource, model=args.model,
-                              status=args.status, since=_calls_since(args.since or args.from_),
+                              status=args.status, since=calls_since(args.since or args.from_),
                               until=call_log.parse_moment(args.to, end=True) if args.to else None)
     settings = settings_of(args)
     secure(settings.data_dir)
-    ledger = Ledger(settings.ledger_path)
+    ledger = Ledger(settings.store("ledger"))
     try:
         page = call_log.list_calls(ledger, flt, limit=args.limit, cursor=args.cursor)
     finally:
@@ -167,8 +168,9 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calls_since(text: str | None) -> float | None:
-    """A period back from now (7d, 2w, 3m) or a moment (ISO date or datetime)."""
+def calls_since(text: str | None) -> float | None:
+    """A period back from now (7d, 2w, 3m) or a moment (ISO date or datetime): where
+    ``--since`` of ``usage --calls`` and ``ledger export`` starts."""
     import time
 
     from runtime.accounting.call_log import parse_moment

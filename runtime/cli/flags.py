@@ -78,7 +78,7 @@ def _add_commands(sub) -> None:
     k = ksub.add_parser("revoke", help="Revoke a key.")
     k.add_argument("name")
     for k in ksub.choices.values():
-        add_flags(k, Settings, ("data_dir", "admin_key_file"))
+        add_flags(k, Settings, ("data_dir", "admin_key_file", "database_url"))
         k.add_argument("--endpoint", default=None, help="Manage the keys of this running gateway through its "
                        "/admin/keys (with the admin key) instead of the data dir's key store.")
 
@@ -97,7 +97,19 @@ def _add_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=100, help="With --calls: calls per page (at most 1000).")
     p.add_argument("--cursor", help="With --calls: the next page, from the cursor the last one printed.")
     p.add_argument("--format", choices=["text", "csv", "json"], default="text", help="With --calls: output format.")
-    add_flags(p, Settings, ("data_dir",))
+    add_flags(p, Settings, ("data_dir", "database_url"))
+
+    p = sub.add_parser("ledger", help="Move the usage ledger and the API keys from one database to another.")
+    lsub = p.add_subparsers(dest="ledger_command", required=True)
+    k = lsub.add_parser("export", help="Write every ledger row and every API key (its hash, never a secret) "
+                                       "to standard output, one JSON object a line.")
+    k.add_argument("--format", choices=["jsonl"], default="jsonl", help="JSON lines (the only format).")
+    k.add_argument("--since", help="Only the calls from then on: 7d, 2w, 3m, or an ISO date or datetime "
+                                   "(every key is written).")
+    k = lsub.add_parser("import", help="Add the rows and keys of an export; importing one twice adds nothing.")
+    k.add_argument("file", help="The export, or - for standard input.")
+    for k in lsub.choices.values():
+        add_flags(k, Settings, ("data_dir", "database_url"))
 
     p = sub.add_parser("deploy", help="Build, upload to S3 and switch the running service to new code.")
     add_flags(p, ClientSettings, flags={"deploy_bucket": ("--s3-bucket",)})

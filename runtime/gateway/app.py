@@ -6,13 +6,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
+from runtime.accounting.keys import REFRESH_S as KEYS_REFRESH_S
 from runtime.accounting.keys import KeyStore
 from runtime.accounting.ledger import Ledger
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy, RedisCounters
+from runtime.database import Target
 from runtime.errors import LlmfnError
 from runtime.gateway.auth import Authenticator, InvocationTokens, StaticKeys, auth_middleware, principal_of
 from runtime.gateway.calls import CallRecord, Calls
@@ -35,24 +36,28 @@ class GatewayConfig:
     api_keys: frozenset[str] = field(default_factory=frozenset)
     admin_key: str | None = None  # None: the control plane (/admin/*) refuses everyone
     require_keys: bool | None = None  # None: once any key has been configured or created
-    ledger_path: Path | None = None  # None: no ledger (no usage reports, budgets start at zero)
-    keys_path: Path | None = None  # None: static keys only
+    # a SQLite file or a postgresql:// URL (Settings.store)
+    ledger_path: Target | None = None  # None: no ledger (no usage reports, budgets start at zero)
+    keys_path: Target | None = None  # None: static keys only
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
     function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
     limits: InputLimits = field(default_factory=InputLimits)
 
 
 async def _refresh_keys(keys: KeyStore, budgets) -> None:
-    """Keys created or revoked by ``llmfn keys`` in another process take effect here,
-    and the budget gauges follow them."""
+    """Keys created or revoked by ``llmfn keys`` or another gateway take effect here
+    within ``REFRESH_S``, and the budget gauges follow them."""
     loop = asyncio.get_running_loop()
     while True:
         try:
             await budgets()
         except Exception:  # noqa: BLE001 - a Redis outage must not stop keys from reloading
             log.warning("key budget gauges not refreshed", exc_info=True)
-        await asyncio.sleep(2.0)
-        await loop.run_in_executor(None, keys.reload)
+        await asyncio.sleep(KEYS_REFRESH_S)
+        try:
+            await loop.run_in_executor(None, keys.reload)
+        except Exception:  # noqa: BLE001 - the database is away: the last copy serves until it is back
+            log.warning("API keys not reloaded", exc_info=True)
 
 
 @web.middleware
@@ -160,6 +165,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         await acct.policy.counters.close()
         if acct.ledger is not None:
             await asyncio.get_running_loop().run_in_executor(None, acct.ledger.close)
+        if keys:
+            await asyncio.get_running_loop().run_in_executor(None, keys.close)
 
     app.cleanup_ctx.append(lifecycle)
     return Gateway(app, invocations, auth)

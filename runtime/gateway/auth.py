@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from cachetools import TTLCache
 
-from runtime.accounting.keys import KeyStore
+from runtime.accounting.keys import KEY_PREFIX, KeyStore
 from runtime.accounting.status import CallerKind, ServiceType
 from runtime.errors import AuthenticationFailed, PermissionDenied
 from runtime.gateway.usage_page import PUBLIC_PATHS as PAGE_PATHS
@@ -156,6 +157,17 @@ class Authenticator:
     def authenticate(self, request: web.Request) -> Principal:
         return self.authenticate_token(bearer_token(request.headers.get("Authorization", "")))
 
+    async def authenticate_fresh(self, request: web.Request) -> Principal:
+        """``authenticate``, after looking a stored-key-shaped token this gateway has
+        never seen up in the key store (off the loop): a key created through another
+        gateway sharing the database works here at its first use."""
+        token = bearer_token(request.headers.get("Authorization", ""))
+        store = self.store
+        if (store is not None and token.startswith(KEY_PREFIX) and token.isascii()
+                and store.lookup(token) is None and not store.is_revoked(token)):
+            await asyncio.get_running_loop().run_in_executor(None, store.find, token)
+        return self.authenticate_token(token)
+
     def authenticate_token(self, token: str) -> Principal:
         # No key is non-ASCII: such a token is never hashed, only refused (or ignored).
         principal = self._known(token) if token.isascii() else None
@@ -215,7 +227,7 @@ def auth_middleware(auth: Authenticator):
         if _is_admin_route(request):
             request[PRINCIPAL] = auth.authenticate_admin(bearer_token(request.headers.get("Authorization", "")))
         elif request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
-            request[PRINCIPAL] = auth.authenticate(request)
+            request[PRINCIPAL] = await auth.authenticate_fresh(request)
         return await handler(request)
     return middleware
 

@@ -26,6 +26,7 @@ from runtime.gateway.state import POOLS
 from runtime.pool import ModelStore
 from tests.support.cli import wait_until
 from tests.support.gateway import MODEL, call, model
+from tests.support.outage import writes_refused
 
 ADMIN = "admin-secret-key"
 
@@ -223,27 +224,25 @@ def test_a_call_is_in_the_ledger_before_its_response_ends(make_gateway, data):
         "success", usage["prompt_tokens"], usage["completion_tokens"])
 
 
-def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, data):
-    gw = make_gateway(model(), **data)
+def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, db_target):
+    gw = make_gateway(model(), ledger_path=db_target("ledger.sqlite3"), admin_key=ADMIN)
     ledger = gw.app[ACCOUNTING].ledger
-    pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
-    ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
-    with pytest.raises(LedgerUnavailable):
-        for i in range(2000):
-            ledger.admit(LedgerRow(time.time(), "key", "filler", None, MODEL, 1, 0, 0, "running", None,
-                                   0.0, None, call_id=f"filler-{i}")).result(10)
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 3}
-    refused = call(f"{gw.url}/v1/completions", body)
-    assert refused.status == 503
-    error = refused.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
-    assert "full" in error["message"]
-    # A request on a cold pool starts a worker as it arrives (a head start on the cold
-    # start); the refused call itself never reached it.
-    wait_until(lambda: gw.pool_status(MODEL)["workers"]["starting"] == 0, timeout=60)
-    assert all(e["prompt_tokens"] == 0 for e in gw.pool_status(MODEL)["engines"])
-    ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    with writes_refused(ledger):  # a full disk, or a PostgreSQL database that is down
+        with pytest.raises(LedgerUnavailable):
+            for i in range(2000):
+                ledger.admit(LedgerRow(time.time(), "key", "filler", None, MODEL, 1, 0, 0, "running", None,
+                                       0.0, None, call_id=f"filler-{i}")).result(10)
+        refused = call(f"{gw.url}/v1/completions", body)
+        assert refused.status == 503
+        error = refused.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
+        assert ("full" if ledger.dialect.name == "sqlite" else "cannot connect") in error["message"]
+        # A request on a cold pool starts a worker as it arrives (a head start on the cold
+        # start); the refused call itself never reached it.
+        wait_until(lambda: gw.pool_status(MODEL)["workers"]["starting"] == 0, timeout=60)
+        assert all(e["prompt_tokens"] == 0 for e in gw.pool_status(MODEL)["engines"])
     assert call(f"{gw.url}/v1/completions", body).status == 200
 
 

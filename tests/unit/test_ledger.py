@@ -1,4 +1,5 @@
-"""The usage ledger (SQLite, writer thread) and the usage reports built on it."""
+"""The usage ledger (writer thread, owners, crashes) and the usage reports built
+on it, each on a SQLite file and on a real PostgreSQL database (``db_target``)."""
 from __future__ import annotations
 
 import asyncio
@@ -20,10 +21,12 @@ from runtime.accounting.ledger import COLUMNS, SCHEMA_VERSION, committed
 from runtime.accounting.quotas import Limits, MemoryCounters, QuotaPolicy
 from runtime.accounting.reports import parse_period, render_text
 from runtime.accounting.status import CallStatus
+from runtime.database import connect
 from runtime.errors import LedgerUnavailable, QuotaExhausted
 from runtime.gateway.auth import Principal
 from runtime.gateway.calls import CallRecord
 from tests.support.cli import wait_until
+from tests.support.outage import writes_refused
 
 DAY = 86400.0
 
@@ -48,8 +51,8 @@ def row(ts: float = JAN1, *, service_type: str = "function", resource: str = "su
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
+def ledger(db_target):
+    ledger = Ledger(db_target("ledger.db"))
     yield ledger
     ledger.close()
 
@@ -68,8 +71,10 @@ def test_recorded_rows_are_readable_after_flush(ledger):
     assert stored == [astuple(written)]
 
 
-def test_the_file_is_in_wal_mode(ledger):
+def test_the_file_is_in_wal_mode(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
     assert ledger.read("PRAGMA journal_mode")[0][0] == "wal"
+    ledger.close()
 
 
 def test_a_thousand_rows_recorded_quickly_are_all_written(ledger):
@@ -80,13 +85,13 @@ def test_a_thousand_rows_recorded_quickly_are_all_written(ledger):
     assert ledger.read("SELECT MIN(ts), MAX(ts) FROM calls")[0] == (JAN1, JAN1 + 999)
 
 
-def test_the_writer_thread_writes_without_a_flush(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
+def test_the_writer_thread_writes_without_a_flush(db_target):
+    ledger = Ledger(db_target("ledger.db"))
     try:
         ledger.record(row())
         # read on a separate connection, which does not flush
         def written() -> bool:
-            with closing(sqlite3.connect(tmp_path / "ledger.db")) as conn:
+            with closing(connect(ledger.target)) as conn:
                 return conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
 
         wait_until(written, 10, step=0.01, message="the writer thread never wrote the row")
@@ -94,8 +99,8 @@ def test_the_writer_thread_writes_without_a_flush(tmp_path):
         ledger.close()
 
 
-def test_rows_survive_close_and_reopen(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_rows_survive_close_and_reopen(db_target):
+    path = db_target("ledger.db")
     first = Ledger(path)
     first.record(row(resource="a"))
     first.close()
@@ -106,8 +111,8 @@ def test_rows_survive_close_and_reopen(tmp_path):
     second.close()
 
 
-def test_close_writes_what_is_still_buffered(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_close_writes_what_is_still_buffered(db_target):
+    path = db_target("ledger.db")
     ledger = Ledger(path)
     for i in range(50):
         ledger.record(row(JAN1 + i))
@@ -187,27 +192,27 @@ def admitted(call_id: str, *, resource: str = "k", reserved: int = 100, prompt: 
                      reserved_tokens=reserved)
 
 
-def on_disk(path) -> dict[str, tuple]:
+def on_disk(target) -> dict[str, tuple]:
     """call id -> (status, error_type, prompt, completion), read on a connection of its own."""
-    with closing(sqlite3.connect(path)) as conn:
+    with closing(connect(target)) as conn:
         return {r[0]: r[1:] for r in conn.execute(
             "SELECT call_id, status, error_type, prompt_tokens, completion_tokens FROM calls")}
 
 
 def test_an_admitted_call_is_on_disk_before_admit_returns(ledger):
     ledger.admit(admitted("c1")).result(10)
-    assert on_disk(ledger.path) == {"c1": ("running", None, 10, 0)}
+    assert on_disk(ledger.target) == {"c1": ("running", None, 10, 0)}
 
 
 def test_the_end_of_a_call_replaces_its_admitted_row(ledger):
     ledger.admit(admitted("c1")).result(10)
     ledger.complete(admitted("c1", completion=5, status="success")).result(10)
-    assert on_disk(ledger.path) == {"c1": ("success", None, 10, 5)}
+    assert on_disk(ledger.target) == {"c1": ("success", None, 10, 5)}
 
 
 def test_an_end_whose_admission_was_never_written_is_still_a_row(ledger):
     ledger.complete(admitted("c9", completion=2, status="success")).result(10)
-    assert on_disk(ledger.path) == {"c9": ("success", None, 10, 2)}
+    assert on_disk(ledger.target) == {"c9": ("success", None, 10, 2)}
 
 
 def test_progress_updates_a_running_row_and_never_an_ended_one(ledger):
@@ -217,11 +222,11 @@ def test_progress_updates_a_running_row_and_never_an_ended_one(ledger):
     ledger.complete(admitted("b", completion=3, status="success")).result(10)
     ledger.progress(admitted("b", completion=99))  # late: b has ended
     ledger.flush()
-    assert on_disk(ledger.path) == {"a": ("running", None, 10, 7), "b": ("success", None, 10, 3)}
+    assert on_disk(ledger.target) == {"a": ("running", None, 10, 7), "b": ("success", None, 10, 3)}
 
 
-async def test_concurrent_admissions_share_commits_off_the_event_loop(tmp_path, monkeypatch):
-    ledger = Ledger(tmp_path / "ledger.db")
+async def test_concurrent_admissions_share_commits_off_the_event_loop(db_target, monkeypatch):
+    ledger = Ledger(db_target("ledger.db"))
     commits = []
     slow = ledger._commit
 
@@ -248,23 +253,23 @@ async def test_concurrent_admissions_share_commits_off_the_event_loop(tmp_path, 
     assert max(gaps) < 0.15  # the loop kept running while the writer waited on the disk
 
 
-def test_a_full_disk_refuses_admission_with_a_503_and_recovers(ledger):
-    pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
-    ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
-    with pytest.raises(LedgerUnavailable) as exc:
+def test_a_database_that_cannot_write_refuses_admission_with_a_503_and_recovers(ledger):
+    # a full disk for a SQLite file; a PostgreSQL database that is down
+    with writes_refused(ledger), pytest.raises(LedgerUnavailable) as exc:
         for i in range(2000):
             ledger.admit(admitted(f"c{i}")).result(10)
     err = exc.value
-    assert err.status == 503 and "full" in err.message
+    assert err.status == 503
+    assert ("full" if ledger.dialect.name == "sqlite" else "cannot connect") in err.message
     assert set(err.body()["error"]) == {"message", "type", "param", "code"}
     assert err.body()["error"]["code"] == "ledger_unavailable"
-    ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert not ledger.healthy
     ledger.admit(admitted("after")).result(10)
-    assert on_disk(ledger.path)["after"][0] == "running"
+    assert on_disk(ledger.target)["after"][0] == "running"
 
 
-def test_the_write_backlog_is_bounded(tmp_path, monkeypatch):
-    ledger = Ledger(tmp_path / "ledger.db", max_pending=5)
+def test_the_write_backlog_is_bounded(db_target, monkeypatch):
+    ledger = Ledger(db_target("ledger.db"), max_pending=5)
     gate = threading.Event()
     commit = ledger._commit
     monkeypatch.setattr(ledger, "_commit", lambda ops, progress: (gate.wait(10), commit(ops, progress)))
@@ -279,7 +284,7 @@ def test_the_write_backlog_is_bounded(tmp_path, monkeypatch):
     for fut in [first, *queued]:
         fut.result(10)
     ledger.close()
-    assert len(on_disk(tmp_path / "ledger.db")) == 6
+    assert len(on_disk(ledger.target)) == 6
 
 
 CRASHING_GATEWAY = """
@@ -305,8 +310,8 @@ def crash_a_gateway(path) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
-def test_calls_in_flight_at_a_crash_are_marked_interrupted_at_the_next_start(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_calls_in_flight_at_a_crash_are_marked_interrupted_at_the_next_start(db_target, tmp_path):
+    path = db_target("ledger.db")
     crash_a_gateway(path)
     assert on_disk(path)["streaming"][0] == "running"
     ledger = Ledger(path)
@@ -317,11 +322,11 @@ def test_calls_in_flight_at_a_crash_are_marked_interrupted_at_the_next_start(tmp
     r = usage_report(ledger, since=time.time() - DAY, until=time.time() + 1)["totals"]
     assert (r["calls"], r["success"], r["failure"], r["output_tokens"]) == (3, 1, 2, 16)
     ledger.close()
-    assert not list((tmp_path / "ledger.db.owners").glob("*.lock"))  # the dead one's lock is gone
+    assert not list(tmp_path.glob("ledger.db.owners/*.lock"))  # a dead one's lock file is gone
 
 
-def test_a_budget_spent_by_calls_in_flight_stays_spent_after_a_crash(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_a_budget_spent_by_calls_in_flight_stays_spent_after_a_crash(db_target):
+    path = db_target("ledger.db")
     crash_a_gateway(path)  # 10 + 9 finished; two calls in flight had reserved 40 each
     ledger = Ledger(path)
     assert ledger.totals("k", "gemma", 0) == 19 + 40 + 40
@@ -335,8 +340,8 @@ def test_a_budget_spent_by_calls_in_flight_stays_spent_after_a_crash(tmp_path):
     ledger.close()
 
 
-def test_a_live_gateways_calls_in_flight_are_left_alone(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_a_live_gateways_calls_in_flight_are_left_alone(db_target):
+    path = db_target("ledger.db")
     live = Ledger(path)
     live.admit(admitted("mine")).result(10)
     other = Ledger(path)  # a second gateway (or `llmfn usage`) on the same file
@@ -347,11 +352,28 @@ def test_a_live_gateways_calls_in_flight_are_left_alone(tmp_path):
     assert on_disk(path)["mine"][0] == "success"
 
 
-def test_a_clean_close_marks_its_own_unfinished_calls_interrupted(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
+def test_a_replica_that_lost_its_owner_lock_is_taken_for_dead(db_target):
+    path = db_target("ledger.db")
+    live, dying = Ledger(path), Ledger(path)  # two gateways sharing one ledger
+    live.admit(admitted("live")).result(10)
+    dying.admit(admitted("dying", reserved=30)).result(10)
+    third = Ledger(path)
+    assert third.recovered == 0  # both alive: a third opening marks nothing
+    third.close()
+    dying._owners.release()  # its process is gone: lock file, or advisory lock session, lost
+    opened = Ledger(path)
+    assert opened.recovered == 1
+    assert on_disk(path) == {"live": ("running", None, 10, 0), "dying": ("failure", "interrupted", 10, 0)}
+    assert opened.totals("k", None, 0) == 100 + 30  # both still count their reservations
+    for ledger in (opened, dying, live):
+        ledger.close()
+
+
+def test_a_clean_close_marks_its_own_unfinished_calls_interrupted(db_target):
+    ledger = Ledger(db_target("ledger.db"))
     ledger.admit(admitted("left")).result(10)
     ledger.close()
-    assert on_disk(tmp_path / "ledger.db") == {"left": ("failure", "interrupted", 10, 0)}
+    assert on_disk(ledger.target) == {"left": ("failure", "interrupted", 10, 0)}
 
 
 def test_reports_leave_out_calls_still_in_flight(ledger):

@@ -1,7 +1,8 @@
 """What an operator watches without a model running: liveness and readiness
 (and the ledger breaking and mending under them), metrics per caller that stay
 bounded whatever callers send, the key budget gauges, and ``/v1/usage/calls``
-with its paging, filters, CSV and access rules."""
+with its paging, filters, CSV and access rules; on a SQLite ledger and on a
+PostgreSQL one (``db_target``)."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +24,7 @@ from runtime.gateway.metrics import METRICS
 from runtime.pool import ModelStore
 from tests.support.cli import llmfn
 from tests.support.gateway import model
+from tests.support.outage import writes_refused
 
 ADMIN = "sk-observability-admin"
 
@@ -35,8 +37,8 @@ def _row(resource: str, ts: float, *, model: str = "m1", status: str = "success"
 
 
 @pytest.fixture
-def paths(tmp_path):
-    return {"ledger_path": tmp_path / "ledger.sqlite3", "keys_path": tmp_path / "keys.sqlite3"}
+def paths(db_target):
+    return {"ledger_path": db_target("ledger.sqlite3"), "keys_path": db_target("keys.sqlite3")}
 
 
 @pytest.fixture
@@ -67,18 +69,16 @@ def _seed(gateway, rows) -> None:
 async def test_readiness_is_503_while_the_ledger_cannot_write_and_200_again_after(gateway):
     assert (await gateway.get("/health/ready")).status == 200
     ledger = gateway.app[ACCOUNTING].ledger
-    pages = ledger._writer.execute("PRAGMA page_count").fetchone()[0]
-    ledger._writer.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
-    with pytest.raises(LedgerUnavailable):
-        for i in range(2000):
-            ledger.admit(LedgerRow(time.time(), "key", "filler", None, "m1", 1, 0, 0, "running", None,
-                                   0.0, None, call_id=f"filler-{i}")).result(10)
-    reply = await gateway.get("/health/ready")
-    assert reply.status == 503
-    body = await reply.json()
-    assert body["status"] == "unavailable" and any(r.startswith("ledger:") for r in body["reasons"])
-    assert (await gateway.get("/health/live")).status == 200  # alive all the same
-    ledger._writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    with writes_refused(ledger):  # a full disk, or a PostgreSQL database that is down
+        with pytest.raises(LedgerUnavailable):
+            for i in range(2000):
+                ledger.admit(LedgerRow(time.time(), "key", "filler", None, "m1", 1, 0, 0, "running", None,
+                                       0.0, None, call_id=f"filler-{i}")).result(10)
+        reply = await gateway.get("/health/ready")
+        assert reply.status == 503
+        body = await reply.json()
+        assert body["status"] == "unavailable" and any(r.startswith("ledger:") for r in body["reasons"])
+        assert (await gateway.get("/health/live")).status == 200  # alive all the same
     reply = await gateway.get("/health/ready")
     assert reply.status == 200 and (await reply.json())["reasons"] == []
 

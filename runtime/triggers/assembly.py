@@ -79,8 +79,8 @@ async def start_triggers(template: Template, settings: Settings, functions: Func
     invocations use too), then the S3 and schedule triggers."""
     rules = s3_rules(template.functions)
     entries = schedule_entries(template.functions)
-    store = DeliveryStore(settings.store("deliveries"), owner=replica_id(settings),
-                          lease_s=settings.delivery_lease_s)
+    store = await asyncio.to_thread(DeliveryStore, settings.store("deliveries"), owner=replica_id(settings),
+                                    lease_s=settings.delivery_lease_s)
     default = settings.failure_destination
     configs = {name: async_config(spec.invoke_config, default) for name, spec in template.functions.items()}
     invoker = AsyncInvoker(_invoker(functions), store=store,

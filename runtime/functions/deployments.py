@@ -221,9 +221,10 @@ class Deployments:
             generation = self._generation()
             if generation == self.generation:
                 return False
+            # current first: versions are only ever added, so every version it names is read next
+            current = dict(self._db.execute("SELECT function, version FROM deployed_current").fetchall())
             versions = self._db.execute("SELECT function, version, sha256, layers, config, created "
                                         "FROM deployed_versions").fetchall()
-            current = dict(self._db.execute("SELECT function, version FROM deployed_current").fetchall())
         functions: dict[str, FunctionVersions] = {}
         for name, number, sha, layers, config, created in versions:
             fv = functions.setdefault(name, FunctionVersions(current.get(name, number), {}))

@@ -186,7 +186,12 @@ class S3Trigger:
                 raise
         region = self._client.meta.region_name
         extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        await self._client.create_bucket(Bucket=bucket, **extra)
+        try:
+            await self._client.create_bucket(Bucket=bucket, **extra)
+        except ClientError as exc:  # another replica starting at the same moment created it
+            if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise
+            return
         log.info("S3 trigger: created bucket %s", bucket)
 
     async def _load_seen(self, rule: S3Rule) -> None:

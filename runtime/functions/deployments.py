@@ -20,12 +20,21 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.database import Connection, Target, connect, migration_lock, schema_version, set_schema_version
+from runtime.database import (
+    Connection,
+    Target,
+    connect,
+    migration_lock,
+    reconnected,
+    schema_version,
+    set_schema_version,
+)
 from runtime.template.function_spec import FunctionSpec, TemplateError, with_config
 
 log = logging.getLogger("llmfn.functions")
@@ -196,6 +205,7 @@ class Deployments:
         self.functions: dict[str, FunctionVersions] = {}
         self.generation = -1
         self._lock = threading.Lock()
+        self._target = database
         self._db = connect(database)
         with self._db.transaction():
             migration_lock(self._db, COMPONENT)
@@ -204,6 +214,14 @@ class Deployments:
                 set_schema_version(self._db, COMPONENT, SCHEMA_VERSION)
         self._import_json(self.root / "deployments.json")
         self.refresh()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the one connection (executor threads share it), opened again if the
+        database dropped it."""
+        with self._lock:
+            self._db = reconnected(self._db, self._target)
+            yield
 
     def close(self) -> None:
         with self._lock:
@@ -217,7 +235,7 @@ class Deployments:
 
     def refresh(self) -> bool:
         """Read the registry again if it changed since last read; whether it had."""
-        with self._lock:
+        with self._locked():
             generation = self._generation()
             if generation == self.generation:
                 return False
@@ -243,7 +261,7 @@ class Deployments:
 
     def sources(self, shas: list[str]) -> dict[str, str]:
         """Where the bundles of these checksums were deployed from (``s3://bucket/key``)."""
-        with self._lock:
+        with self._locked():
             rows = [self._db.execute("SELECT sha256, location FROM deployed_bundles WHERE sha256 = ?",
                                      (sha,)).fetchone() for sha in shas]
         return dict(row for row in rows if row)
@@ -269,7 +287,7 @@ class Deployments:
         self.install(sha, data)
         if registered is not None:
             return
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             self._bump()
             self._db.execute("INSERT INTO deployed_versions (function, version, sha256, layers, config, created) "
                              "VALUES (?, 1, ?, ?, '{}', ?) ON CONFLICT (function, version) DO NOTHING",
@@ -283,7 +301,7 @@ class Deployments:
         whether it changed: a function whose code, layers and configuration are its
         current version's keeps that version."""
         out: dict[str, tuple[int, bool]] = {}
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             self._bump()  # first: it also makes concurrent registrations wait for this one
             for name, new in changes.items():
                 out[name] = self._register(name, new)
@@ -312,7 +330,7 @@ class Deployments:
                     check: Callable[[Version], object] | None = None) -> Version:
         """Make version ``number`` current (None: the one before the current one), after
         ``check`` (which raises for a version that could not run)."""
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             self._bump()
             rows = self._db.execute("SELECT version FROM deployed_versions WHERE function = ? ORDER BY version",
                                     (name,)).fetchall()
@@ -351,7 +369,7 @@ class Deployments:
         if not path.is_file():
             return
         raw = json.loads(path.read_text())
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             self._bump()
             if self._db.execute("SELECT COUNT(*) FROM deployed_current").fetchone()[0]:
                 return

@@ -27,11 +27,20 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from runtime.database import Connection, Target, connect, migration_lock, schema_version, set_schema_version
+from runtime.database import (
+    Connection,
+    Target,
+    connect,
+    migration_lock,
+    reconnected,
+    schema_version,
+    set_schema_version,
+)
 
 Status = Literal["pending", "done", "failed", "skipped"]
 # pending: accepted, not finished; done: the function succeeded; failed: sent to the
@@ -128,6 +137,14 @@ class DeliveryStore:
         """The file, or the database's URL without its password: fit for messages."""
         return self._db.name
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the one connection (executor threads share it), opened again if the
+        database dropped it."""
+        with self._lock:
+            self._db = reconnected(self._db, self.target)
+            yield
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -137,7 +154,7 @@ class DeliveryStore:
         """Record a new pending event, leased to this owner; False when this event
         id was claimed before, by anyone."""
         now = self._clock() if now is None else now
-        with self._lock:
+        with self._locked():
             cur = self._db.execute(
                 "INSERT INTO deliveries (event_id, function, payload, status, attempts, first_seen, updated, "
                 "owner, lease_until) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
@@ -150,7 +167,7 @@ class DeliveryStore:
         rows added; None, adding nothing, when the marker was set before (another
         replica took the baseline first)."""
         now = self._clock()
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             # first, so that of two replicas taking one baseline, the second waits here and backs off
             if self._db.execute("INSERT INTO delivery_markers (name, value, updated) VALUES (?, ?, ?) "
                                 "ON CONFLICT (name) DO NOTHING", (marker, str(now), now)).rowcount != 1:
@@ -165,7 +182,7 @@ class DeliveryStore:
         """Where a delivery stands after an attempt, or how it ended. Written only while
         this owner holds the event's lease: False, writing nothing, once another
         replica has taken it over."""
-        with self._lock:
+        with self._locked():
             cur = self._db.execute(
                 "UPDATE deliveries SET status = ?, attempts = ?, last_error = ?, updated = ? "
                 "WHERE event_id = ? AND owner = ? AND status = 'pending'",
@@ -176,7 +193,7 @@ class DeliveryStore:
     def renew(self, event_ids: Iterable[str]) -> int:
         """Move on the leases this owner holds on ``event_ids`` (those it runs); how many."""
         until, renewed = self._clock() + self.lease_s, 0
-        with self._lock:
+        with self._locked():
             for chunk in _chunks(list(event_ids)):
                 marks = ", ".join("?" * len(chunk))
                 renewed += self._db.execute(
@@ -186,7 +203,7 @@ class DeliveryStore:
 
     def release(self, event_ids: Iterable[str]) -> None:
         """Give up the leases on ``event_ids`` (a shutdown): any replica may take them now."""
-        with self._lock:
+        with self._locked():
             for chunk in _chunks(list(event_ids)):
                 marks = ", ".join("?" * len(chunk))
                 self._db.execute(f"UPDATE deliveries SET lease_until = NULL WHERE owner = ? "
@@ -199,7 +216,7 @@ class DeliveryStore:
         now = self._clock()
         mine = self.owner if own else None
         skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.postgres else ""
-        with self._lock, self._db.transaction():
+        with self._locked(), self._db.transaction():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'pending' AND "
                 f"(lease_until IS NULL OR lease_until < ? OR owner = ?) "
@@ -210,14 +227,14 @@ class DeliveryStore:
         return [_delivery(row[:-2] + (self.owner, until)) for row in rows]
 
     def get(self, event_id: str) -> Delivery | None:
-        with self._lock:
+        with self._locked():
             row = self._db.execute(f"SELECT {_COLUMNS} FROM deliveries WHERE event_id = ?",
                                    (event_id,)).fetchone()
         return _delivery(row) if row else None
 
     def pending(self) -> list[Delivery]:
         """Events accepted but not finished, oldest first, whoever holds them."""
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM deliveries WHERE status = 'pending' "
                                     "ORDER BY first_seen, event_id").fetchall()
         return [_delivery(row) for row in rows]
@@ -230,18 +247,18 @@ class DeliveryStore:
         if prefix and ord(prefix[-1]) < 0x10FFFF:
             bounds.append(prefix[:-1] + chr(ord(prefix[-1]) + 1))
             sql += " AND event_id < ?"
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(sql, bounds).fetchall()
         return {event_id for (event_id,) in rows if event_id.startswith(prefix)}
 
     def marker(self, name: str) -> str | None:
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT value FROM delivery_markers WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def set_marker(self, name: str, value: str) -> None:
         now = self._clock()
-        with self._lock:
+        with self._locked():
             self._db.execute("INSERT INTO delivery_markers (name, value, updated) VALUES (?, ?, ?) "
                              "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
                              (name, value, now))

@@ -8,11 +8,14 @@ import asyncio
 import random
 import sqlite3
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
+from runtime.template import parse_template
 from runtime.triggers.asyncinvoke import AsyncInvoker, InvokeOutcome
 from runtime.triggers.delivery import DeliveryStore
+from runtime.triggers.schedule import Scheduler, schedule_entries
 from tests.support.cli import wait_until_async
 
 LEASE = 5.0  # seconds of the fake clock
@@ -217,6 +220,21 @@ async def test_a_running_replica_keeps_its_event_for_as_long_as_it_runs(replicas
         await other.close()
 
 
+async def test_a_schedule_tick_fired_by_every_replica_is_delivered_once(replicas):
+    doc = {"Resources": {"Digest": {"Type": "AWS::Serverless::Function", "Properties": {
+        "CodeUri": ".", "Handler": "app.handler",
+        "Events": {"Nightly": {"Type": "Schedule", "Properties": {"Schedule": "cron(0 3 * * ? *)"}}}}}}}
+    [entry] = schedule_entries(parse_template(doc).functions)
+    runs = Invocations()
+    invokers = [invoker(store, runs) for store in replicas("a", "b", "c")]
+    tick = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+    fired = await asyncio.gather(*(Scheduler([entry], each.submit).fire(entry, tick) for each in invokers))
+    assert sorted(fired) == [False, False, True]
+    for each in invokers:
+        await each.drain()
+    assert runs.calls == 1
+
+
 async def test_a_replica_that_shuts_down_hands_its_unfinished_events_over_at_once(replicas):
     leaving_store, other_store = replicas("leaving", "other", lease_s=3600.0)  # only a release frees them
     leaving_run, other_run = Invocations(hang=True), Invocations()
@@ -228,3 +246,17 @@ async def test_a_replica_that_shuts_down_hands_its_unfinished_events_over_at_onc
     assert await other.resume() == 1
     await other.drain()
     assert (other_store.get("e1").status, other_store.get("e1").owner) == ("done", "other")
+
+
+def test_a_store_comes_back_after_the_database_drops_its_connection(postgres_url):
+    import psycopg
+
+    store = DeliveryStore(postgres_url, owner="a")
+    store.claim("e1", "Fn", {})
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # a restart or failover, as a store sees it
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with pytest.raises(psycopg.OperationalError):
+        store.get("e1")  # the call under way when it happened fails
+    assert store.get("e1").status == "pending" and store.claim("e2", "Fn", {}) is True
+    store.close()

@@ -100,15 +100,19 @@ class FunctionHost:
     async def _watch(self) -> None:
         """Apply what other replicas register: a poll of one counter a second is cheap on
         both databases and needs no connection of its own, unlike LISTEN/NOTIFY."""
+        last_error = None
         while True:
             await asyncio.sleep(self.watch_s)
             try:
                 if await asyncio.to_thread(self.deployments.refresh) or self._behind():
                     await self._follow()
+                last_error = None
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database may come back; the next round tries again
-                log.exception("could not read the deployments registry")
+            except Exception as exc:  # the database may come back; the next round tries again, said once
+                if str(exc) != last_error:
+                    log.warning("could not read the deployments registry: %s: %s", type(exc).__name__, exc)
+                last_error = str(exc)
 
     def _behind(self) -> list[str]:
         """Functions not on the registry's current version (a bundle not fetched yet)."""

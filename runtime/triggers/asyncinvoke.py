@@ -4,9 +4,10 @@ API's ``Event`` invocations get it.
 It owns what happens to an event after a trigger hands it over: the event is
 recorded in the ``DeliveryStore`` first (so a crash never loses it), leased to
 this replica, then runs in the background while the replica renews its lease;
-every few seconds it also takes over the events whose lease ran out (a replica
-that died mid-delivery) and runs them. A failed invocation is retried with backoff (Lambda waits
-about one minute, then two) up to ``MaximumRetryAttempts`` times and never
+every third of a lease it also takes over the events whose lease ran out (a
+replica that died mid-delivery) and runs them. A failed invocation is retried
+with backoff (Lambda waits about one minute, then two) up to
+``MaximumRetryAttempts`` times and never
 once the event is older than ``MaximumEventAgeInSeconds``; a call refused for
 an exhausted LLM budget is not retried. When the invoker gives up, it builds
 Lambda's on-failure destination record and hands it to the

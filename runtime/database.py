@@ -207,3 +207,13 @@ def migration_lock(conn: Connection, component: str) -> None:
     (SQLite's ``BEGIN IMMEDIATE`` already serializes writers)."""
     if conn.postgres:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"llmfn-schema:{component}",))
+
+
+def reconnected(conn: Connection, target: Target) -> Connection:
+    """``conn``, or a new connection to ``target`` once the server has dropped it (a
+    PostgreSQL restart or failover): a long-lived store asks before each use, so it
+    comes back with its database instead of failing until it is restarted."""
+    if not getattr(conn.raw, "broken", False):  # psycopg's flag; a SQLite file never breaks
+        return conn
+    conn.close()
+    return connect(target)

@@ -170,10 +170,11 @@ class Server:
         self.gateway = build_gateway(gateway_config(self._settings(), self.models, self.template,
                                                     self.admin_key))
         self.urls["gateway"] = await self._listen(self.gateway.app, self.settings.gateway_port)
+        deployments = await asyncio.to_thread(self._deployments, service)  # opens its database
         self.functions = FunctionHost(
             self.template.functions, gateway_url=self.gateway_url, tokens=self.gateway.invocations,
-            log=self.function_log, env_overrides=self._function_env(), deployments=self._deployments(service),
-            debug=self.debug)
+            log=self.function_log, env_overrides=self._function_env(), deployments=deployments,
+            debug=self.debug, fetch=self._fetch_bundle if service else None)
         await self.functions.start()
         self._closers.append(self.functions.close)
         if self.settings.warm_containers == "EAGER":
@@ -272,8 +273,10 @@ class Server:
         if not service:
             return None
         s = self.settings
-        return Deployments(s.deployments_dir, BundleLimits(s.bundle_max_bytes, s.bundle_max_unzipped_bytes,
-                                                           s.bundle_max_entries))
+        deployments = Deployments(s.deployments_dir, s.store("deployments"),
+                                  BundleLimits(s.bundle_max_bytes, s.bundle_max_unzipped_bytes, s.bundle_max_entries))
+        self._closers.append(lambda: asyncio.to_thread(deployments.close))
+        return deployments
 
     def _start_embedded_s3(self) -> None:
         if self.s3_endpoint_url is None:

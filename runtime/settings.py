@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     retry_delay_s: float = Field(60.0, ge=0, description="First delay before an asynchronous invocation is "
                                                           "tried again (doubled each time, as Lambda does).")
     s3_poll_s: float = Field(1.0, gt=0, description="How often the S3 trigger lists its buckets (seconds).")
+    delivery_lease_s: float = Field(30.0, gt=0, description=(
+        "How long a replica holds an event it delivers without renewing its lease (seconds, renewed every "
+        "third of it); a replica that dies mid-delivery has its events taken over by another after this."))
     debug_port: int | None = Field(None, ge=1, le=65535, description=(
         "Start the debugged function's instance under debugpy on 127.0.0.1:PORT, waiting for a debugger to "
         "attach before its handler runs (its timeout suspended); needs the 'debug' extra."))

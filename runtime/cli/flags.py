@@ -15,6 +15,7 @@ from runtime.settings import ClientSettings, PoolSettings, Settings, add_flags, 
 # Flags of every command that runs the product; serve adds its own.
 _SERVICE_ONLY = ("api_port", "lambda_port", "bundle_max_bytes", "bundle_max_unzipped_bytes", "bundle_max_entries",
                  "event_queue_limit", "failure_destination", "retry_delay_s", "s3_poll_s")
+_SERVICE_ONLY += ("delivery_lease_s",)
 # What a long-running server has and a single invoke has not.
 _SERVERS_ONLY = ("warm_containers",)
 _NEGATED = ("reload",)  # on by default: --no-<name> turns it off (the variable takes true or false)

@@ -1,15 +1,19 @@
 """``FunctionHost``: the Runtime API server on loopback plus the dispatcher,
-bound to a gateway whose invocation tokens it issues."""
+bound to a gateway whose invocation tokens it issues, and the deployed versions
+it serves: registered here (deploy, rollback) or by another replica sharing the
+registry, which it watches (every second, the registry's change counter) and
+applies like a local deploy, fetching the bundles this host lacks."""
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from runtime.functions.deployments import DeployError, Deployments, check_handler, spec_of, unpack
+from runtime.functions.deployments import DeployError, Deployments, Registration, Version, check_handler, spec_of
 from runtime.functions.dispatcher import Dispatcher, Result
 from runtime.functions.logs import FunctionLog, stderr_log
 from runtime.functions.runtime_api import build_runtime_api
@@ -26,6 +30,10 @@ class StagedBundle:
     sha256: str
     layers: list[tuple[bytes, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # sha256 -> s3://bucket/key: for other replicas
+
+
+Fetch = Callable[[str, str], Awaitable[bytes]]  # (bucket, key) -> the object's bytes
 
 
 class FunctionHost:
@@ -33,11 +41,16 @@ class FunctionHost:
                  log: FunctionLog = stderr_log,
                  env_overrides: dict[str, dict[str, str]] | None = None,
                  deployments: Deployments | None = None, debug: tuple[int, str] | None = None,
-                 spare: bool = True):
+                 spare: bool = True, fetch: Fetch | None = None, watch_s: float = 1.0):
         self.functions = functions
         self.spare = spare  # keep a spare interpreter for cold starts
         self.debug = debug  # (port, function): see Dispatcher
         self.deployments = deployments
+        self.fetch = fetch  # where a bundle deployed through another replica is fetched from
+        self.watch_s = watch_s
+        self._applied: dict[str, int] = {}  # the version each function was last switched to
+        self._failing: dict[str, int] = {}  # the version whose bundles could not be fetched yet
+        self._watcher: asyncio.Task | None = None
         self.gateway_url = gateway_url
         self.tokens = tokens
         self.log = log
@@ -58,20 +71,19 @@ class FunctionHost:
                                      env_overrides=self.env_overrides, spare=self.spare, debug=self.debug)
         self.dispatcher.start()
         if self.deployments is not None:
-            loop = asyncio.get_running_loop()
-            for name, spec in self.functions.items():
-                await loop.run_in_executor(None, self.deployments.snapshot, spec)
-                try:
-                    self._switch(name)  # a restarted service comes back on the deployed versions
-                except DeployError as exc:  # recorded before deployments were validated
-                    log.warning("function %s: its current version cannot run (%s); serving the template's",
-                                name, exc)
+            for spec in self.functions.values():
+                await asyncio.to_thread(self.deployments.snapshot, spec)
+            await self._follow()  # a restarted service comes back on the deployed versions
+            self._watcher = asyncio.create_task(self._watch(), name="llmfn-deployments-watch")
 
     async def prewarm(self) -> None:
         """Start one instance of every function now rather than at its first invocation."""
         await self.dispatcher.prewarm()
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self.dispatcher:
             await self.dispatcher.close()
         if self._runner:
@@ -82,7 +94,64 @@ class FunctionHost:
     def _switch(self, name: str) -> None:
         version = self.deployments.current(name) if self.deployments else None
         if version is not None:
+            self._applied[name] = version.version
             self.dispatcher.pool(name).deploy(spec_of(self.functions[name], version), version.version)
+
+    async def _watch(self) -> None:
+        """Apply what other replicas register: a poll of one counter a second is cheap on
+        both databases and needs no connection of its own, unlike LISTEN/NOTIFY."""
+        last_error = None
+        while True:
+            await asyncio.sleep(self.watch_s)
+            try:
+                if await asyncio.to_thread(self.deployments.refresh) or self._behind():
+                    await self._follow()
+                last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may come back; the next round tries again, said once
+                if str(exc) != last_error:
+                    log.warning("could not read the deployments registry: %s: %s", type(exc).__name__, exc)
+                last_error = str(exc)
+
+    def _behind(self) -> list[str]:
+        """Functions not on the registry's current version (a bundle not fetched yet)."""
+        return [name for name in self.functions
+                if (v := self.deployments.current(name)) is not None and self._applied.get(name) != v.version]
+
+    async def _follow(self) -> None:
+        """Switch every function to the registry's current version, fetching the bundles
+        this host lacks; a function whose bundles cannot be had yet is tried again."""
+        for name in self._behind():
+            version = self.deployments.current(name)
+            try:
+                await self._fetch_missing(name, version)
+                self._switch(name)
+            except DeployError as exc:  # recorded before deployments were validated, or not fetchable
+                self._applied[name] = version.version  # not tried again until the registry changes
+                log.warning("function %s: version %d cannot run here (%s); still serving version %s",
+                            name, version.version, exc, self.dispatcher.pool(name).version)
+                continue
+            except Exception as exc:  # S3 unreachable, say: the next round tries again, said once
+                if self._failing.get(name) != version.version:
+                    self._failing[name] = version.version
+                    log.warning("function %s: could not fetch version %d's bundles (%s: %s); trying again",
+                                name, version.version, type(exc).__name__, exc)
+                continue
+            self._failing.pop(name, None)
+            log.info("function %s: now on version %d", name, version.version)
+
+    async def _fetch_missing(self, name: str, version: Version) -> None:
+        missing = self.deployments.missing(version)
+        if not missing:
+            return
+        sources = await asyncio.to_thread(self.deployments.sources, missing)
+        for sha in missing:
+            if sha not in sources or self.fetch is None:
+                raise DeployError(f"its bundle {sha[:12]}… is not on this host and cannot be fetched")
+            bucket, _, key = sources[sha].removeprefix("s3://").partition("/")
+            data = await self.fetch(bucket, key)
+            await asyncio.to_thread(self.deployments.install, sha, data)
 
     def reload(self, name: str, spec: FunctionSpec) -> bool:
         """Local files changed: new invocations run ``spec``, those in flight finish on
@@ -108,23 +177,19 @@ class FunctionHost:
         staged = {}
         for name, b in bundles.items():
             staged[name] = await loop.run_in_executor(None, self._stage, name, b)
-        out = {}
-        for name, (code_dir, layer_dirs, b) in staged.items():
-            version, changed = self.deployments.add(name, b.sha256, code_dir, layer_dirs, b.config)
-            out[name] = {"version": version.version, "changed": changed, "sha256": b.sha256}
-        self.deployments.save()
+        changes = {name: Registration(b.sha256, [p.name for p in layer_dirs], b.config, b.sources)
+                   for name, (_, layer_dirs, b) in staged.items()}
+        registered = await asyncio.to_thread(self.deployments.register, changes)
         for name in staged:
             self._switch(name)
-        return out
+        return {name: {"version": version.version, "changed": changed, "sha256": version.sha256}
+                for name, (version, changed) in registered.items()}
 
     def _stage(self, name: str, b: StagedBundle):
         spec = self._configured(name, b.config)  # before any bytes are unpacked
-        root = self.deployments.root / "bundles"
-        root.mkdir(parents=True, exist_ok=True)
-        limits = self.deployments.limits
-        code_dir = unpack(b.code, b.sha256, root, limits)
+        code_dir = self.deployments.install(b.sha256, b.code)
         check_handler(code_dir, spec.handler)
-        layer_dirs = [unpack(data, sha, root, limits) for data, sha in b.layers]
+        layer_dirs = [self.deployments.install(sha, data) for data, sha in b.layers]
         return code_dir, layer_dirs, b
 
     def _configured(self, name: str, config: dict[str, Any]) -> FunctionSpec:
@@ -134,21 +199,16 @@ class FunctionHost:
         except TemplateError as exc:
             raise DeployError(f"Resources.{name}.Properties.{exc}") from None
 
-    def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
-        if self.deployments is None or name not in self.deployments.functions:
+    async def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
+        """Make an earlier version current (``to``, or the one before the current one)
+        here and, through the registry, on every replica."""
+        if self.deployments is None or name not in self.functions:
             raise DeployError(f"function {name} is not served here")
-        fv = self.deployments.functions[name]
-        if to is None:
-            older = [v for v in sorted(fv.versions) if v < fv.current]
-            if not older:
-                raise DeployError(f"{name} is on its first version; nothing to roll back to")
-            to = older[-1]
-        if to in fv.versions:
-            spec_of(self.functions[name], fv.versions[to])  # a version that could not run is not made current
-        self.deployments.set_current(name, to)
-        self.deployments.save()
-        self._switch(name)
-        return {"version": to}
+        # a version that could not run is not made current
+        version = await asyncio.to_thread(self.deployments.set_current, name, to,
+                                          check=lambda v: spec_of(self.functions[name], v))
+        await self._follow()
+        return {"version": version.version}
 
     def versions(self, name: str) -> dict[str, Any]:
         fv = self.deployments.functions.get(name) if self.deployments else None

@@ -5,8 +5,10 @@ over the function runtime it is given. ``runtime.server`` starts it for serve.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,20 +65,29 @@ def _put(fs, bucket: str, key: str, data: bytes) -> None:
     fs.pipe_file(f"{bucket}/{key}", data)
 
 
+def replica_id(settings: Settings) -> str:
+    """This service's name as the owner of the events it delivers: its host and data
+    dir, so a restarted service takes its own events back at once, while each replica
+    (a host or a data dir of its own) leaves another's alone until their lease runs out."""
+    data_dir = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    return f"{socket.gethostname()}:{data_dir}"
+
+
 async def start_triggers(template: Template, settings: Settings, functions: FunctionHost, *,
                          s3_endpoint_url: str | None, s3_filesystem: Callable[[], Any]) -> Triggers:
     """The delivery store and the asynchronous invoker (which the Invoke API's Event
     invocations use too), then the S3 and schedule triggers."""
     rules = s3_rules(template.functions)
     entries = schedule_entries(template.functions)
-    store = DeliveryStore(settings.deliveries_path)
+    store = await asyncio.to_thread(DeliveryStore, settings.store("deliveries"), owner=replica_id(settings),
+                                    lease_s=settings.delivery_lease_s)
     default = settings.failure_destination
     configs = {name: async_config(spec.invoke_config, default) for name, spec in template.functions.items()}
     invoker = AsyncInvoker(_invoker(functions), store=store,
                            failure_destination=_destination_writer(default, s3_filesystem),
                            configs=configs, retry_base_delay_s=settings.retry_delay_s,
                            queue_limit=settings.event_queue_limit)
-    await invoker.resume()
+    await invoker.start()
     s3 = S3Trigger(rules, submit=invoker.submit, store=store, endpoint_url=s3_endpoint_url,
                    interval=settings.s3_poll_s) if rules else None
     scheduler = Scheduler(entries, invoker.submit) if entries else None

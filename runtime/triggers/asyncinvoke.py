@@ -2,9 +2,12 @@
 API's ``Event`` invocations get it.
 
 It owns what happens to an event after a trigger hands it over: the event is
-recorded in the ``DeliveryStore`` first (so a crash never loses it), then runs
-in the background; a failed invocation is retried with backoff (Lambda waits
-about one minute, then two) up to ``MaximumRetryAttempts`` times and never
+recorded in the ``DeliveryStore`` first (so a crash never loses it), leased to
+this replica, then runs in the background while the replica renews its lease;
+every third of a lease it also takes over the events whose lease ran out (a
+replica that died mid-delivery) and runs them. A failed invocation is retried
+with backoff (Lambda waits about one minute, then two) up to
+``MaximumRetryAttempts`` times and never
 once the event is older than ``MaximumEventAgeInSeconds``; a call refused for
 an exhausted LLM budget is not retried. When the invoker gives up, it builds
 Lambda's on-failure destination record and hands it to the
@@ -27,7 +30,7 @@ from typing import Any, Literal
 
 from runtime.template.event_spec import MAX_EVENT_AGE_S, MAX_RETRY_ATTEMPTS, InvokeConfigSpec
 from runtime.template.pseudo import LOCAL_ACCOUNT_ID
-from runtime.triggers.delivery import Delivery, DeliveryStore
+from runtime.triggers.delivery import Delivery, DeliveryStore, Status
 from runtime.triggers.events import DEFAULT_REGION
 
 log = logging.getLogger("llmfn.triggers")
@@ -98,6 +101,8 @@ class AsyncInvoker:
         self._queue_limit = queue_limit
         self._claiming = 0  # bounded submissions between the check and their task
         self._closed = False
+        self._started_own = False  # this replica's own events from before a restart are taken back once
+        self._leases: asyncio.Task | None = None
 
     def config_for(self, function: str) -> AsyncConfig:
         return self._configs.get(function) or AsyncConfig()
@@ -125,17 +130,39 @@ class AsyncInvoker:
         finally:
             self._claiming -= bounded
 
+    async def start(self) -> None:
+        """Take over what is left to run (``resume``), then keep this replica's leases
+        and take over expired ones every third of a lease, until ``close()``."""
+        await self.resume()
+        self._leases = asyncio.create_task(self._keep_leases(), name="llmfn-async-leases")
+
     async def resume(self) -> int:
-        """Re-run the events that were pending when the service last stopped (at-least-once)."""
-        pending = await asyncio.to_thread(self._store.pending)
+        """Run the events whose lease ran out (a replica that stopped or died, at least
+        once) and, the first time, this replica's own from before a restart; how many."""
+        own, self._started_own = not self._started_own, True
+        room = max(0, self._queue_limit - len(self._tasks))
+        if self._closed or not room:
+            return 0
+        taken = await asyncio.to_thread(self._store.take_over, own=own, limit=room)
         started = 0
-        for row in pending:
+        for row in taken:
             if row.event_id not in self._tasks and not self._closed:
                 self._start(self._resumed(row))
                 started += 1
         if started:
-            log.info("resuming %d pending event(s)", started)
+            log.info("taking over %d pending event(s)", started)
         return started
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._store.lease_s / 3)
+            try:
+                await asyncio.to_thread(self._store.renew, list(self._tasks))
+                await self.resume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may come back; the leases are renewed at the next round
+                log.exception("could not renew or take over event leases in %s", self._store.name)
 
     async def drain(self) -> None:
         """Wait until every event submitted so far is finished (done or failed)."""
@@ -146,19 +173,23 @@ class AsyncInvoker:
         """Stop taking work; let in-flight events finish for up to ``timeout`` seconds.
 
         Whatever is still running then is cancelled and stays pending in the
-        store, so the next ``resume()`` runs it again.
+        store, its lease given up, so another replica or the next start runs it again.
         """
         self._closed = True
-        tasks = list(self._tasks.values())
-        if not tasks:
-            return
-        _, unfinished = await asyncio.wait(tasks, timeout=timeout)
+        running = dict(self._tasks)
+        # leases are kept while in-flight events finish, then given up
+        _, unfinished = await asyncio.wait(running.values(), timeout=timeout) if running else ((), ())
+        if self._leases is not None:
+            self._leases.cancel()
+            await asyncio.gather(self._leases, return_exceptions=True)
         for task in unfinished:
             task.cancel()
         if unfinished:
-            log.info("%d event(s) still running at shutdown stay pending for the next start",
+            log.info("%d event(s) still running at shutdown stay pending for another replica or the next start",
                      len(unfinished))
             await asyncio.gather(*unfinished, return_exceptions=True)
+            left = [event_id for event_id, task in running.items() if task in unfinished]
+            await asyncio.to_thread(self._store.release, left)
 
     def _resumed(self, row: Delivery) -> _Run:
         return _Run(row.function, row.event_id, row.payload, self.config_for(row.function), row.first_seen,
@@ -177,10 +208,11 @@ class AsyncInvoker:
                 return await self._give_up(run, "EventAgeExceeded")
             outcome = await self._attempt(run)
             if outcome.ok:
-                await asyncio.to_thread(self._store.mark, run.event_id, "done", run.attempts)
+                await self._mark(run, "done")
                 return
             run.last_error = outcome.error or {"errorType": "Unknown", "errorMessage": "invocation failed"}
-            await asyncio.to_thread(self._store.mark, run.event_id, "pending", run.attempts, run.last_error)
+            if not await self._mark(run, "pending"):
+                return
             if not outcome.retryable:
                 return await self._give_up(run, "NotRetryable")
             if run.attempts > run.config.maximum_retry_attempts:
@@ -218,7 +250,17 @@ class AsyncInvoker:
         except Exception:
             # The event is still marked failed: re-running the function would not fix the destination.
             log.exception("%s: could not write the on-failure record for %s", run.function, run.event_id)
-        await asyncio.to_thread(self._store.mark, run.event_id, "failed", run.attempts, run.last_error)
+        await self._mark(run, "failed")
+
+    async def _mark(self, run: _Run, status: Status) -> bool:
+        """Record where ``run`` stands; False when another replica took its lease over
+        (this one stalled past it), which then owns the rest of the delivery."""
+        error = None if status == "done" else run.last_error
+        if await asyncio.to_thread(self._store.mark, run.event_id, status, run.attempts, error):
+            return True
+        log.warning("%s: event %s was taken over by another replica; leaving it to that one",
+                    run.function, run.event_id)
+        return False
 
     def _record(self, run: _Run, condition: Condition) -> dict[str, Any]:
         """Lambda's on-failure destination record for an event given up on."""

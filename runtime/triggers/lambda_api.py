@@ -182,7 +182,8 @@ async def deploy(request: web.Request) -> web.Response:
         bundles = {}
         for name, fn in body.functions.items():
             layers = [(await fetch(body.bucket, layer.key), layer.sha256) for layer in fn.layers]
-            bundles[name] = StagedBundle(await fetch(body.bucket, fn.key), fn.sha256, layers, fn.config)
+            sources = {ref.sha256: f"s3://{body.bucket}/{ref.key}" for ref in (fn, *fn.layers)}
+            bundles[name] = StagedBundle(await fetch(body.bucket, fn.key), fn.sha256, layers, fn.config, sources)
         result = await request.app[SERVICE].deploy(bundles)
     except (DeployError, FileNotFoundError) as exc:
         return _aws_error(400, "InvalidParameterValueException", f"deploy refused, nothing changed: {exc}")
@@ -209,7 +210,7 @@ async def rollback(request: web.Request) -> web.Response:
     try:
         body = await request.json() if request.can_read_body else {}
         to = body.get("FunctionVersion")
-        out = request.app[SERVICE].rollback(request.match_info["name"], int(to) if to else None)
+        out = await request.app[SERVICE].rollback(request.match_info["name"], int(to) if to else None)
     except (DeployError, ValueError, TypeError, AttributeError) as exc:
         # a bad body (not JSON, not an object, a version that is not a number) is a 400 too
         return _aws_error(400, "InvalidParameterValueException", str(exc))

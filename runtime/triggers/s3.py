@@ -12,12 +12,13 @@ Exactly once per object version, across restarts: each version has an event id
 ``VersionId`` on a versioned bucket (``ListObjectVersions``), else the object's
 ``ETag@LastModified`` (so overwriting an object is a new version). ``submit``
 claims that id in the ``DeliveryStore`` before anything else, and the store
-is a file, so a restarted poller delivers nothing it delivered before.
+is durable and shared by replicas, so neither a restarted poller nor another
+replica polling the same bucket delivers anything delivered before.
 
 Objects that exist when a rule first starts are not delivered, as in AWS
 where a new notification configuration does not fire for old objects: the
 first poll of a rule records every version it sees as ``skipped`` (the rule's
-baseline, kept in the store). Anything written after that is delivered, also
+baseline, kept in the store, taken by one replica only). Anything written after that is delivered, also
 when it was written while the service was down ("upload, then restart").
 ``deliver_existing=True`` delivers the pre-existing objects instead.
 
@@ -185,7 +186,12 @@ class S3Trigger:
                 raise
         region = self._client.meta.region_name
         extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        await self._client.create_bucket(Bucket=bucket, **extra)
+        try:
+            await self._client.create_bucket(Bucket=bucket, **extra)
+        except ClientError as exc:  # another replica starting at the same moment created it
+            if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise
+            return
         log.info("S3 trigger: created bucket %s", bucket)
 
     async def _load_seen(self, rule: S3Rule) -> None:
@@ -195,8 +201,8 @@ class S3Trigger:
             if not self._deliver_existing:
                 rows = [(obj.event_id(rule), rule.function, {"bucket": rule.bucket, "key": obj.key})
                         async for obj in self._versions(rule)]
-            await asyncio.to_thread(self._store.record_baseline, rule.baseline_marker, rows)
-            if rows:
+            added = await asyncio.to_thread(self._store.record_baseline, rule.baseline_marker, rows)
+            if rows and added is not None:  # None: another replica took the baseline first
                 log.info("S3 trigger: %s: %d object version(s) already in s3://%s/%s are not delivered",
                          rule.function, len(rows), rule.bucket, rule.prefix)
         self._seen[rule.id_prefix] = await asyncio.to_thread(self._store.seen_keys, rule.id_prefix)

@@ -40,8 +40,8 @@ def s3(s3_server):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = DeliveryStore(tmp_path / "deliveries.sqlite")
+def store(db_target):
+    s = DeliveryStore(db_target("deliveries.sqlite"))
     yield s
     s.close()
 
@@ -96,7 +96,7 @@ async def test_overwrite_triggers_again_and_restart_redelivers_nothing(s3, s3_se
 
     # A restart: a new trigger on the same store file. An upload made while "down" is delivered.
     s3.put_object(Bucket=s3_bucket, Key="incoming/while-down.txt", Body=b"x")
-    reopened = DeliveryStore(store.path)
+    reopened = DeliveryStore(store.target)
     after = RecordingSubmit(reopened)
     restarted = await started([rule(s3_bucket)], reopened, s3_server, after)
     try:

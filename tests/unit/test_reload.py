@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.functions import Deployments, Dispatcher, FunctionHost
+from runtime.functions.deployments import Registration
 from runtime.functions.reload import Reloader
 from runtime.gateway.auth import InvocationTokens
 from runtime.template import HttpEvent, Template, TemplateError
@@ -81,10 +82,11 @@ async def test_an_edited_file_under_codeuri_or_a_layer_swaps_and_one_elsewhere_d
     assert host.dispatcher.pool("Fn").generation == 2
 
 
-async def test_a_function_on_a_deployed_version_is_not_replaced_by_local_changes(tmp_path, code, caplog):
-    deployments = Deployments(tmp_path / "deployments")
-    deployments.add("Fn", "a" * 64, code, [], {})
-    deployments.add("Fn", "b" * 64, tmp_path / "deployed", [], {})  # version 2, from llmfn deploy
+async def test_a_function_on_a_deployed_version_is_not_replaced_by_local_changes(tmp_path, code, caplog,
+                                                                                  db_target):
+    deployments = Deployments(tmp_path / "deployments", db_target("deployments.sqlite3"))
+    deployments.register({"Fn": Registration("a" * 64)})
+    deployments.register({"Fn": Registration("b" * 64)})  # version 2, from llmfn deploy
     host = _host(_spec(code), deployments)
     with caplog.at_level(logging.INFO, "llmfn.reload"):
         await _reloader(host, tmp_path, Template).apply({(code / "app.py").resolve()})

@@ -72,8 +72,8 @@ def serve(args: argparse.Namespace) -> None:
     config = GatewayConfig(
         models=[ModelConfig(name=EMBEDDED, source="embedded", pool=pool)],
         store=ModelStore(args.cache_dir, show_progress=False),
-        ledger_path=args.data_dir / "ledger.sqlite3" if on else None,
-        keys_path=args.data_dir / "keys.sqlite3" if on else None,
+        ledger_at=args.data_dir / "ledger.sqlite3" if on else None,
+        keys_at=args.data_dir / "keys.sqlite3" if on else None,
         admin_key=os.environ.get("LLMFN_ADMIN_KEY"))  # the harness reads /admin/pools with it
     web.run_app(build_app(config), host="127.0.0.1", port=args.port, access_log=None, print=None)
 

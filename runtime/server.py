@@ -111,7 +111,7 @@ def gateway_config(settings: Settings, models: list[ModelConfig], template: Temp
     return GatewayConfig(
         models=models, store=ModelStore(settings.cache_dir, s3_endpoint_url=settings.s3_endpoint_url),
         api_keys=datadir.static_keys(settings), admin_key=admin_key, require_keys=settings.require_keys,
-        ledger_path=settings.store("ledger"), keys_path=settings.store("keys"), redis_url=settings.redis_url,
+        ledger_at=settings.store("ledger"), keys_at=settings.store("keys"), redis_url=settings.redis_url,
         function_quotas=function_quotas(template),
         limits=InputLimits(settings.max_body_bytes, settings.max_messages, settings.max_tools,
                            settings.max_tools_bytes))

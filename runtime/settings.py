@@ -127,18 +127,6 @@ class Settings(BaseSettings):
         return self.data_dir / f"{name}.sqlite3"
 
     @property
-    def ledger_path(self) -> Path:
-        return self.data_dir / "ledger.sqlite3"
-
-    @property
-    def keys_path(self) -> Path:
-        return self.data_dir / "keys.sqlite3"
-
-    @property
-    def deliveries_path(self) -> Path:
-        return self.data_dir / "deliveries.sqlite3"
-
-    @property
     def logs_path(self) -> Path:
         return self.data_dir / "logs.sqlite3"
 

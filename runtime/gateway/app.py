@@ -37,8 +37,8 @@ class GatewayConfig:
     admin_key: str | None = None  # None: the control plane (/admin/*) refuses everyone
     require_keys: bool | None = None  # None: once any key has been configured or created
     # a SQLite file or a postgresql:// URL (Settings.store)
-    ledger_path: Target | None = None  # None: no ledger (no usage reports, budgets start at zero)
-    keys_path: Target | None = None  # None: static keys only
+    ledger_at: Target | None = None  # None: no ledger (no usage reports, budgets start at zero)
+    keys_at: Target | None = None  # None: static keys only
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
     function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
     limits: InputLimits = field(default_factory=InputLimits)
@@ -93,7 +93,7 @@ def _tally(invocations: InvocationTokens):
 
 
 def _accounting(config: GatewayConfig, keys: KeyStore | None) -> Accounting:
-    ledger = Ledger(config.ledger_path) if config.ledger_path else None
+    ledger = Ledger(config.ledger_at) if config.ledger_at else None
     counters = RedisCounters(config.redis_url) if config.redis_url else MemoryCounters()
 
     async def spent_since(kind: str, resource: str, model: str, since: float) -> int:
@@ -122,7 +122,7 @@ def build_app(config: GatewayConfig) -> web.Application:
 
 def build_gateway(config: GatewayConfig) -> Gateway:
     invocations = InvocationTokens()
-    keys = KeyStore(config.keys_path) if config.keys_path else None
+    keys = KeyStore(config.keys_at) if config.keys_at else None
     auth = Authenticator(StaticKeys(config.api_keys), invocations, store=keys, admin_key=config.admin_key,
                          require_keys=config.require_keys)
     app = web.Application(middlewares=[errors_middleware, auth_middleware(auth), failed_calls_middleware],

@@ -33,7 +33,7 @@ ADMIN = "admin-secret-key"
 
 @pytest.fixture
 def data(tmp_path):
-    return {"ledger_path": tmp_path / "ledger.sqlite3", "keys_path": tmp_path / "keys.sqlite3",
+    return {"ledger_at": tmp_path / "ledger.sqlite3", "keys_at": tmp_path / "keys.sqlite3",
             "admin_key": ADMIN}
 
 
@@ -71,7 +71,7 @@ def test_ledger_rows_for_success_and_each_failure(make_gateway, data):
     t.join(60)
     assert result["r"].status == 502
     gw.__exit__(None, None, None)  # a clean shutdown flushes the ledger
-    rows = _rows(data["ledger_path"])
+    rows = _rows(data["ledger_at"])
     by_error = {r["error_type"]: r for r in rows}
     success = by_error[None]
     assert success["status"] == "success" and success["service_type"] == "key"
@@ -100,14 +100,14 @@ def test_abandoned_stream_records_the_tokens_generated(make_gateway, data):
     conn.close()  # the client goes away mid-stream
     wait_until(lambda: gw.pool_status(MODEL)["in_flight"] == 0, 20, message="the slot was never freed")
     gw.__exit__(None, None, None)
-    [row] = _rows(data["ledger_path"])
+    [row] = _rows(data["ledger_at"])
     assert row["status"] == "failure" and row["error_type"] == "cancelled"
     assert 5 <= row["completion_tokens"] < 500
 
 
 def test_rpm_admits_exactly_r_of_many_concurrent_clients(make_gateway, data):
-    KeyStore(data["keys_path"]).create("team", limits=Limits(rpm=4))
-    secret = KeyStore(data["keys_path"]).create("burst", limits=Limits(rpm=4))
+    KeyStore(data["keys_at"]).create("team", limits=Limits(rpm=4))
+    secret = KeyStore(data["keys_at"]).create("burst", limits=Limits(rpm=4))
     gw = make_gateway(model(), **data)
     replies = []
 
@@ -133,7 +133,7 @@ def test_rpm_admits_exactly_r_of_many_concurrent_clients(make_gateway, data):
 
 
 def test_tpm_reserves_and_settles(make_gateway, data):
-    secret = KeyStore(data["keys_path"]).create("tpm", limits=Limits(tpm=300))
+    secret = KeyStore(data["keys_at"]).create("tpm", limits=Limits(tpm=300))
     gw = make_gateway(model(), **data)
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 200, "stop": ["\n", "."], "temperature": 0}
     first = call(f"{gw.url}/v1/completions", body, headers=_bearer(secret))
@@ -148,7 +148,7 @@ def test_tpm_reserves_and_settles(make_gateway, data):
 
 
 def test_daily_budget_survives_a_restart(make_gateway, data):
-    secret = KeyStore(data["keys_path"]).create("budget", limits=Limits(daily_tokens=30))
+    secret = KeyStore(data["keys_at"]).create("budget", limits=Limits(daily_tokens=30))
     gw = make_gateway(model(), **data)
     body = {"model": MODEL, "prompt": "Count: one two three", "max_tokens": 30}
     assert call(f"{gw.url}/v1/completions", body, headers=_bearer(secret)).status == 200
@@ -165,7 +165,7 @@ def test_daily_budget_survives_a_restart(make_gateway, data):
 
 
 def test_a_key_reads_only_its_own_usage(make_gateway, data):
-    store = KeyStore(data["keys_path"])
+    store = KeyStore(data["keys_at"])
     alice, bob = store.create("alice"), store.create("bob")
     gw = make_gateway(model(), **data)
     for key in (alice, bob, bob):
@@ -196,7 +196,7 @@ def test_model_default_limits_apply_to_every_caller(make_gateway, data):
     from runtime.template.model_spec import ModelConfig, ModelLimits, PoolConfig
 
     limited = ModelConfig(name=MODEL, limits=ModelLimits(rpm=2), pool=PoolConfig(n_ctx=512, n_threads=2))
-    store = KeyStore(data["keys_path"])
+    store = KeyStore(data["keys_at"])
     a, b = store.create("a"), store.create("b")
     gw = make_gateway(limited, **data)
     body = {"model": MODEL, "input": "x"}
@@ -215,17 +215,17 @@ def test_a_call_is_in_the_ledger_before_its_response_ends(make_gateway, data):
     gw = make_gateway(model(), **data)
     whole = call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3})
     usage = whole.json()["usage"]
-    assert _on_disk(data["ledger_path"])[whole.headers["x-request-id"]] == (
+    assert _on_disk(data["ledger_at"])[whole.headers["x-request-id"]] == (
         "success", usage["prompt_tokens"], usage["completion_tokens"])
     stream = call(f"{gw.url}/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 3,
                                                "stream": True, "stream_options": {"include_usage": True}})
     usage = stream.events()[-2]["usage"]
-    assert _on_disk(data["ledger_path"])[stream.headers["x-request-id"]] == (
+    assert _on_disk(data["ledger_at"])[stream.headers["x-request-id"]] == (
         "success", usage["prompt_tokens"], usage["completion_tokens"])
 
 
 def test_an_unwritable_ledger_refuses_calls_with_a_503_before_they_run(make_gateway, db_target):
-    gw = make_gateway(model(), ledger_path=db_target("ledger.sqlite3"), admin_key=ADMIN)
+    gw = make_gateway(model(), ledger_at=db_target("ledger.sqlite3"), admin_key=ADMIN)
     ledger = gw.app[ACCOUNTING].ledger
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 3}
     with writes_refused(ledger):  # a full disk, or a PostgreSQL database that is down
@@ -254,7 +254,7 @@ def _metric(text: str, series: str) -> float | None:
 
 
 def test_a_keys_call_shows_in_readiness_metrics_budget_gauge_and_call_list(make_gateway, data):
-    secret = KeyStore(data["keys_path"]).create("carol", limits=Limits(daily_tokens=1000))
+    secret = KeyStore(data["keys_at"]).create("carol", limits=Limits(daily_tokens=1000))
     gw = make_gateway(model(), **data)
     [card] = call(f"{gw.url}/v1/models", method="GET", headers=_bearer(secret)).json()["data"]
     assert card["pool"]["ready"] is True and "cold" in card["pool"]["reason"]
@@ -304,8 +304,8 @@ async def test_an_embeddings_call_whose_client_leaves_gives_its_reservation_back
     secret = KeyStore(tmp_path / "keys.sqlite3").create("emb", limits=Limits(daily_tokens=60_000))
     store = ModelStore(model_cache, show_progress=False)
     client = await aiohttp_client(build_app(GatewayConfig(
-        models=[model()], store=store, ledger_path=tmp_path / "ledger.sqlite3",
-        keys_path=tmp_path / "keys.sqlite3")))
+        models=[model()], store=store, ledger_at=tmp_path / "ledger.sqlite3",
+        keys_at=tmp_path / "keys.sqlite3")))
     texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog " * 6 for i in range(400)]
     request = asyncio.create_task(client.post("/v1/embeddings", json={"model": MODEL, "input": texts},
                                               headers=_bearer(secret)))

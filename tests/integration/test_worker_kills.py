@@ -86,10 +86,10 @@ def _mid_stream(clients: list[Client], since: float) -> bool:
 
 @pytest.mark.timeout(600)  # twenty cold starts of a worker, on a CPU that may be shared
 def test_twenty_worker_kills_mid_stream_each_end_cleanly_and_are_all_recorded(make_gateway, tmp_path):
-    ledger_path = tmp_path / "ledger.sqlite3"
+    ledger_at = tmp_path / "ledger.sqlite3"
     key = KeyStore(tmp_path / "keys.sqlite3").create("load")
-    gw = make_gateway(model(max_workers=1, slots=CLIENTS), ledger_path=ledger_path,
-                      keys_path=tmp_path / "keys.sqlite3", admin_key=ADMIN)
+    gw = make_gateway(model(max_workers=1, slots=CLIENTS), ledger_at=ledger_at,
+                      keys_at=tmp_path / "keys.sqlite3", admin_key=ADMIN)
     stop = threading.Event()
     clients = [Client(gw.url, key, stop) for _ in range(CLIENTS)]
     for c in clients:
@@ -125,7 +125,7 @@ def test_twenty_worker_kills_mid_stream_each_end_cleanly_and_are_all_recorded(ma
 
     # the ledger is read while the gateway still runs: every call was committed before its end
     # reached the client
-    with closing(sqlite3.connect(ledger_path)) as conn:
+    with closing(sqlite3.connect(ledger_at)) as conn:
         rows = {r[0]: r[1:] for r in conn.execute(
             "SELECT request_id, status, error_type, completion_tokens FROM calls")}
     assert len(rows) == len(streams)

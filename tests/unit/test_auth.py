@@ -90,7 +90,7 @@ async def test_every_admin_route_of_the_table_answers_the_admin_key_alone(tmp_pa
 
     client = await aiohttp_client(build_app(GatewayConfig(
         models=[model()], store=ModelStore(tmp_path), api_keys=frozenset({"sk-user"}), admin_key=ADMIN,
-        keys_path=tmp_path / "keys.sqlite3")))
+        keys_at=tmp_path / "keys.sqlite3")))
     admin_routes = [r for r in ROUTES if r.path.startswith("/admin/")]
     assert admin_routes
     for route in admin_routes:
@@ -138,7 +138,7 @@ async def test_a_key_made_on_one_gateway_works_on_another_at_once_and_its_revoke
 
     def replica():
         return aiohttp_client(build_app(GatewayConfig(
-            models=[], store=ModelStore(tmp_path), admin_key=ADMIN, keys_path=db_target("keys.sqlite3"))))
+            models=[], store=ModelStore(tmp_path), admin_key=ADMIN, keys_at=db_target("keys.sqlite3"))))
 
     one, two = await replica(), await replica()
     admin = {"Authorization": f"Bearer {ADMIN}"}

@@ -38,12 +38,12 @@ def _row(resource: str, ts: float, *, model: str = "m1", status: str = "success"
 
 @pytest.fixture
 def paths(db_target):
-    return {"ledger_path": db_target("ledger.sqlite3"), "keys_path": db_target("keys.sqlite3")}
+    return {"ledger_at": db_target("ledger.sqlite3"), "keys_at": db_target("keys.sqlite3")}
 
 
 @pytest.fixture
 def secret_of(paths):
-    store = KeyStore(paths["keys_path"])
+    store = KeyStore(paths["keys_at"])
     return {"alice": store.create("alice", limits=Limits(daily_tokens=1000)), "bob": store.create("bob")}
 
 
@@ -143,11 +143,11 @@ async def test_calls_are_counted_per_caller_and_unknown_callers_add_no_series(ga
 
 
 async def test_key_budgets_are_gauges_of_what_is_left_today_and_this_month(tmp_path, paths, secret_of):
-    ledger = Ledger(paths["ledger_path"])
+    ledger = Ledger(paths["ledger_at"])
     ledger.record(_row("alice", time.time(), prompt=300, completion=100))
     ledger.close()
     app = build_app(GatewayConfig(models=[], store=ModelStore(tmp_path / "cache"), **paths))
-    acct, keys = app[ACCOUNTING], KeyStore(paths["keys_path"])
+    acct, keys = app[ACCOUNTING], KeyStore(paths["keys_at"])
     try:
         await app[METRICS].refresh_budgets(acct, keys, ["m1"])
         assert app[METRICS].budgets.left == {("alice", "m1", "day"): 600}  # bob has no budget

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
 	# constraints.txt pins every package to a set known to work together (no resolver backtracking).
-	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate]'
+	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,7 +41,7 @@ from _common import (
 )
 
 from runtime.pool.client import Text, WorkerClient
-from runtime.pool.pool import worker_env
+from runtime.pool.local import worker_env
 from runtime.pool.tokenizer import ModelTokenizer
 
 

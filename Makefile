@@ -61,6 +61,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/invoke_overhead.py
 	$(BIN)/python bench/accounting_overhead.py
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .ruff_cache .import_linter_cache

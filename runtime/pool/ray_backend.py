@@ -12,7 +12,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayError
 
 from runtime.errors import ModelUnavailable
 from runtime.pool.client import WorkerClient
@@ -61,7 +61,7 @@ class RayProcess:
     async def _until_dead(self) -> str:
         try:
             await self.actor.until_stopped.remote()
-        except RayActorError as exc:
+        except RayError as exc:  # the actor died (or Ray itself is gone)
             return type(exc).__name__
         return "stopped"
 

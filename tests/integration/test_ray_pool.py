@@ -24,6 +24,7 @@ from tests.support.gateway import GatewayThread, call, model
 pytestmark = [pytest.mark.llama, pytest.mark.timeout(300)]
 
 ON_A, ON_B = "on-node-a", "on-node-b"  # two pools of the embedded model, one per node
+NOWHERE = "on-no-node"  # a pool whose resource no node offers
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +45,8 @@ def ray_nodes():
 def gw(ray_nodes, model_cache, tmp_path_factory):
     ledger = tmp_path_factory.mktemp("ray-ledger") / "ledger.sqlite3"
     models = [model(ON_A, backend="ray", resources={"node_a": 1}, idle_timeout=2.0, n_threads=1),
-              model(ON_B, backend="ray", resources={"node_b": 1}, n_threads=1)]
+              model(ON_B, backend="ray", resources={"node_b": 1}, n_threads=1),
+              model(NOWHERE, backend="ray", resources={"node_c": 1}, cold_start_timeout=2.0)]
     with GatewayThread(models, ModelStore(model_cache, show_progress=False), ledger_path=ledger) as gateway:
         gateway.ledger_path = ledger
         yield gateway
@@ -131,3 +133,17 @@ def test_a_stream_from_an_actor_carries_the_usage_the_ledger_records(gw):
         row = db.execute("SELECT status, model, prompt_tokens, completion_tokens FROM calls "
                          "WHERE request_id = ?", (reply.headers["x-request-id"],)).fetchone()
     assert row == ("success", ON_B, usage["prompt_tokens"], usage["completion_tokens"])
+
+
+def test_a_pool_no_node_can_place_answers_503_and_leaves_no_pending_actor(gw):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("reply", call(
+        f"{gw.url}/v1/completions", {"model": NOWHERE, "prompt": "Hello", "max_tokens": 2})))
+    t.start()
+    [pending] = wait_until(lambda: [w for w in gw.pool_status(NOWHERE)["placement"] if "actor" in w], timeout=10)
+    assert (pending["state"], pending.get("node_id")) == ("starting", None) and _alive(pending["actor"])
+    t.join(30)
+    assert result["reply"].status == 503, result["reply"].body
+    assert result["reply"].json()["error"]["code"] == "model_loading"
+    assert gw.pool_status(NOWHERE)["placement"] == []
+    wait_until(lambda: not _alive(pending["actor"]), timeout=10)

@@ -7,8 +7,10 @@ Ray section, against the local backend measured in the same run:
   warm one-slot worker of the same model three ways: a local worker process
   (its Unix socket: the baseline), a Ray actor on its node's TCP port (the
   product's path), and the same kind of actor through a Ray streaming
-  generator call (each engine step one object). The figure is the mean gap
-  between tokens after the first, per channel, and its ratio to the local one.
+  generator call (each engine step one object). Per channel: the median gap
+  between tokens after the first and its ratio to the local one, the median
+  time to the first token, and the CPU time the receiving (gateway's) process
+  spends per token, Ray's own threads in it included.
 - **tokens/s** of one pool of two workers with both actors on one node vs one
   on each node, with four clients streaming back to back (on a 2-core machine
   expect no speed-up: the nodes share the cores).
@@ -28,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -107,24 +110,31 @@ def _frames(data: bytes):
 
 # ---- one stream, timed token by token ------------------------------------------------------
 
-def token_gap(times: list[tuple[float, int]]) -> float | None:
-    """Mean seconds between tokens after the first: (last - first) / tokens between."""
-    if len(times) < 2 or times[-1][1] == times[0][1]:
-        return None
-    return (times[-1][0] - times[0][0]) / (times[-1][1] - times[0][1])
+@dataclass
+class Stream:
+    """One stream as the receiving side saw it."""
+    ttft_s: float  # request sent -> first token
+    gap_s: float  # mean time between tokens after the first
+    tokens: int
+    cpu_s: float  # CPU time this process (the gateway's side) spent on it, all its threads
 
 
-async def via_pool(pool: ModelPool, body: dict) -> float | None:
-    times = []
+def timed(t0: float, cpu0: float, times: list[tuple[float, int]]) -> Stream:
+    (first, n0), (last, n1) = times[0], times[-1]
+    return Stream(first - t0, (last - first) / max(1, n1 - n0), n1, time.process_time() - cpu0)
+
+
+async def via_pool(pool: ModelPool, body: dict) -> Stream:
+    t0, cpu0, times = time.perf_counter(), time.process_time(), []
     async with pool.lease() as lease:
         async for ev in lease.generate(body):
             if isinstance(ev, Text):
                 times.append((time.perf_counter(), ev.tokens))
-    return token_gap(times)
+    return timed(t0, cpu0, times)
 
 
-async def via_ray_stream(actor, req_id: int, body: dict) -> float | None:
-    times = []
+async def via_ray_stream(actor, req_id: int, body: dict) -> Stream:
+    t0, cpu0, times = time.perf_counter(), time.process_time(), []
     async for ref in actor.stream.options(num_returns="streaming").remote(req_id, body):
         data = await ref
         now = time.perf_counter()
@@ -133,7 +143,7 @@ async def via_ray_stream(actor, req_id: int, body: dict) -> float | None:
                 times.append((now, TEXT_HEAD.unpack_from(payload)[1]))
             elif kind == Kind.ERROR:
                 raise RuntimeError(payload.decode())
-    return token_gap(times)
+    return timed(t0, cpu0, times)
 
 
 # ---- the cluster and the pools ------------------------------------------------------------
@@ -177,7 +187,7 @@ async def streaming_actor(store: ModelStore, args: argparse.Namespace):
 
 # ---- the Ray section -----------------------------------------------------------------------
 
-async def per_token(store: ModelStore, body: dict, args: argparse.Namespace) -> dict[str, list[float]]:
+async def per_token(store: ModelStore, body: dict, args: argparse.Namespace) -> dict[str, list[Stream]]:
     backend = RayBackend(None, store)
     await backend.start()
     local = await warm(ModelPool(pool_config("local", args), store))
@@ -185,21 +195,21 @@ async def per_token(store: ModelStore, body: dict, args: argparse.Namespace) -> 
                                store, backend=backend))
     actor = await streaming_actor(store, args)
     ids = iter(range(STREAM_IDS, STREAM_IDS + 10 * args.requests))
-    channels: dict[str, Callable[[], Awaitable[float | None]]] = {
+    channels: dict[str, Callable[[], Awaitable[Stream]]] = {
         "local": lambda: via_pool(local, body), "ray_tcp": lambda: via_pool(tcp, body),
         "ray_stream": lambda: via_ray_stream(actor, next(ids), body)}
-    gaps: dict[str, list[float]] = {name: [] for name in channels}
+    streams: dict[str, list[Stream]] = {name: [] for name in channels}
     try:
         for i in range(args.warmup + args.requests):
             names = list(channels)
             for name in names[i % 3:] + names[:i % 3]:  # which goes first rotates: drift hits all alike
-                gap = await channels[name]()
-                if i >= args.warmup and gap is not None:
-                    gaps[name].append(gap)
+                stream = await channels[name]()
+                if i >= args.warmup:
+                    streams[name].append(stream)
     finally:
         ray.kill(actor)
         await asyncio.gather(local.close(), tcp.close())
-    return gaps
+    return streams
 
 
 async def tokens_per_s(pool: ModelPool, body: dict, args: argparse.Namespace) -> float:
@@ -243,20 +253,26 @@ async def ray_section(args: argparse.Namespace) -> dict[str, float]:
     cluster = start_cluster()
     try:
         log(f"per-token latency: {args.requests} streams of {args.max_tokens} tokens per channel")
-        gaps = await per_token(store, body, args)
+        streams = await per_token(store, body, args)
         rates = await throughput(store, {**body, "prompts": prompts}, args)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    ms = {name: statistics.mean(v) * 1000 for name, v in gaps.items()}
-    print(bars([(f"{name} ms/token", v) for name, v in ms.items()], unit="ms"), file=sys.stderr)
+    gap = {name: statistics.median(s.gap_s for s in v) * 1000 for name, v in streams.items()}
+    ttft = {name: statistics.median(s.ttft_s for s in v) * 1000 for name, v in streams.items()}
+    cpu = {name: sum(s.cpu_s for s in v) / sum(s.tokens for s in v) * 1e6 for name, v in streams.items()}
+    print(bars([(f"{name} ms/token", v) for name, v in gap.items()], unit="ms"), file=sys.stderr)
+    print(bars([(f"{name} gateway CPU/token", v) for name, v in cpu.items()], unit="us"), file=sys.stderr)
     print(bars([(label, v) for label, v in rates.items()], unit="tokens/s"), file=sys.stderr)
     return {"max_tokens": args.max_tokens, "requests": args.requests,
-            **{f"token_gap_{name}_ms": v for name, v in ms.items()},
-            "ray_tcp_added_ms_per_token": ms["ray_tcp"] - ms["local"],
-            "ray_stream_added_ms_per_token": ms["ray_stream"] - ms["local"],
-            "ray_tcp_over_local": ratio(ms["ray_tcp"], ms["local"]),
-            "ray_stream_over_local": ratio(ms["ray_stream"], ms["local"]),
+            **{f"token_gap_{name}_p50_ms": v for name, v in gap.items()},
+            **{f"ttft_{name}_p50_ms": v for name, v in ttft.items()},
+            **{f"gateway_cpu_{name}_us_per_token": v for name, v in cpu.items()},
+            "ray_tcp_added_ms_per_token": gap["ray_tcp"] - gap["local"],
+            "ray_stream_added_ms_per_token": gap["ray_stream"] - gap["local"],
+            "ray_tcp_over_local": ratio(gap["ray_tcp"], gap["local"]),
+            "ray_stream_over_local": ratio(gap["ray_stream"], gap["local"]),
+            "ray_stream_over_tcp_cpu": ratio(cpu["ray_stream"], cpu["ray_tcp"]),
             "one_node_tok_s": rates["one_node"], "two_nodes_tok_s": rates["two_nodes"],
             "two_nodes_over_one": ratio(rates["two_nodes"], rates["one_node"])}
 

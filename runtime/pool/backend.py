@@ -23,9 +23,6 @@ class WorkerProcess(Protocol):
     def where(self) -> dict[str, Any]:
         """Where it runs: the backend, and on a cluster its node and the resources it holds."""
 
-    @property
-    def exited(self) -> bool: ...
-
     async def wait(self) -> int | str | None:
         """Returns once the worker has ended: its exit code, or why it ended."""
 

@@ -157,10 +157,6 @@ class LocalProcess:
     def where(self) -> dict[str, Any]:
         return {"backend": "local", "node_ip": _HOST, "pid": self.pid}
 
-    @property
-    def exited(self) -> bool:
-        return self.proc.returncode is not None
-
     async def wait(self) -> int:
         return await self.proc.wait()
 

@@ -49,10 +49,6 @@ class RayProcess:
         self.placed = {"actor_id": ready["actor_id"], "node_id": ready["node_id"], "node_ip": ready["host"],
                        "resources": ready["resources"]}
 
-    @property
-    def exited(self) -> bool:
-        return self._ended is not None and self._ended.done()
-
     async def wait(self) -> str:
         if self._ended is None:
             self._ended = asyncio.ensure_future(self._until_dead())

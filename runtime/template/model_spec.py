@@ -49,6 +49,15 @@ class PoolConfig(BaseModel):
             raise ValueError("resources: give NAME=AMOUNT pairs (gpu_l4=1,zone_a=1) or a JSON object")
         return {k.strip(): v.strip() for k, v in pairs}
 
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) & {"CPU", "GPU"}:  # Ray refuses them there too
+            raise ValueError("resources: CPUs and GPUs are asked for with num_cpus and num_gpus")
+        if negative := sorted(k for k, v in value.items() if v < 0):
+            raise ValueError(f"resources: {', '.join(negative)} must not be negative")
+        return value
+
     @model_validator(mode="after")
     def _bounds(self) -> PoolConfig:
         if self.min_workers > self.max_workers:

@@ -84,3 +84,10 @@ def test_a_pool_backend_other_than_local_or_ray_is_refused():
     args = cli.parser().parse_args(["serve", "--pool-backend", "k8s"])
     with pytest.raises(ValueError, match="backend"):
         served_models(Settings(), parse_template(TEMPLATE), from_flags(PoolSettings, args).overrides())
+
+
+@pytest.mark.parametrize("given", ["GPU=1", "gpu_l4=-1", "gpu_l4"])
+def test_a_resource_request_ray_would_refuse_is_refused_with_the_reason(given):
+    args = cli.parser().parse_args(["serve", "--pool-resources", given])
+    with pytest.raises(ValueError, match="resources: "):
+        served_models(Settings(), parse_template(TEMPLATE), from_flags(PoolSettings, args).overrides())

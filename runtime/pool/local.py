@@ -35,7 +35,6 @@ class SpareState(StrEnum):
     READY = "ready"
 
 
-
 def worker_env() -> dict[str, str]:
     """A worker's environment. llama.cpp's OpenMP threads spin between decode steps; on a
     small machine that starves the gateway beside them, so they spin briefly, then sleep."""
@@ -148,6 +147,9 @@ class Launcher:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
+_HOST = socket.gethostname()
+
+
 class LocalProcess:
     """A worker process of this host."""
 
@@ -172,9 +174,6 @@ class LocalProcess:
     def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
-
-
-_HOST = socket.gethostname()
 
 
 class LocalBackend:

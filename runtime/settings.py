@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="File holding the admin key.")
     redis_url: str | None = Field(None, description="Redis for quota counters shared by several gateways.")
     ray_address: str | None = Field(None, description=(
-        "The Ray cluster of pools whose backend is ray (ray://head:10001, or auto). Unset: join the "
-        "cluster of RAY_ADDRESS, else start a local one; only when a pool uses the ray backend."))
+        "The Ray cluster of pools whose backend is ray, as ray.init takes it (auto: the cluster this "
+        "machine is a node of). Unset: RAY_ADDRESS's, else a local one started for the service; "
+        "only when a pool uses the ray backend."))
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description=(
         "How the service's log records and the function log lines are written to stderr: text, or "

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip wheel
 	# llama-cpp-python is pinned in pyproject.toml, so pip reuses its cached wheel.
 	# constraints.txt pins every package to a set known to work together (no resolver backtracking).
-	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate,postgres]'
+	$(BIN)/pip install -c constraints.txt -e '.[test,examples,embedded-s3,validate,postgres,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -64,6 +64,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/accounting_overhead.py
 	$(BIN)/python bench/ledger_rate.py
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .ruff_cache .import_linter_cache

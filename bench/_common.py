@@ -264,6 +264,13 @@ async def stream_completion(http: aiohttp.ClientSession, url: str, body: dict[st
     return Streamed(ttft, time.perf_counter() - t0, "".join(parts), usage, len(parts))
 
 
+def worker_payload(tokens: list[int], max_tokens: int) -> dict:
+    """What the gateway sends its worker for ``temperature: 0`` and default sampling."""
+    return {"prompt_tokens": tokens, "max_tokens": max_tokens, "stop": [], "n": 1, "logprobs": None,
+            "sampling": {"temperature": 0, "top_p": 1, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1,
+                         "presence_penalty": 0, "frequency_penalty": 0, "seed": None}}
+
+
 def completion_body(model: str, max_tokens: int, prompt: str = PROMPT) -> dict[str, Any]:
     return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
 

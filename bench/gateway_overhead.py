@@ -38,10 +38,11 @@ from _common import (
     percentile,
     ratio,
     stream_completion,
+    worker_payload,
 )
 
 from runtime.pool.client import Text, WorkerClient
-from runtime.pool.pool import worker_env
+from runtime.pool.local import worker_env
 from runtime.pool.tokenizer import ModelTokenizer
 
 
@@ -80,13 +81,6 @@ class DirectWorker:
         self.proc.stdin.close()  # the worker exits when its stdin closes
         await asyncio.wait_for(self.proc.wait(), 30)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def worker_payload(tokens: list[int], max_tokens: int) -> dict:
-    """What the gateway sends its worker for ``temperature: 0`` and default sampling."""
-    return {"prompt_tokens": tokens, "max_tokens": max_tokens, "stop": [], "n": 1, "logprobs": None,
-            "sampling": {"temperature": 0, "top_p": 1, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1,
-                         "presence_penalty": 0, "frequency_penalty": 0, "seed": None}}
 
 
 async def direct(client: WorkerClient, payload: dict) -> Timing:

@@ -113,6 +113,7 @@ def gateway_config(settings: Settings, models: list[ModelConfig], template: Temp
         api_keys=datadir.static_keys(settings), admin_key=admin_key, require_keys=settings.require_keys,
         ledger_at=settings.store("ledger"), keys_at=settings.store("keys"), redis_url=settings.redis_url,
         function_quotas=function_quotas(template),
+        ray_address=settings.ray_address,
         limits=InputLimits(settings.max_body_bytes, settings.max_messages, settings.max_tools,
                            settings.max_tools_bytes))
 

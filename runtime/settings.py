@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         "postgresql://USER@HOST/DB: keep the ledger, API keys, deployments and event deliveries there, "
         "shared by every gateway given the same URL (a password belongs in PGPASSWORD or ~/.pgpass). "
         "Unset: SQLite files in the data dir."))
+    ray_address: str | None = Field(None, description=(
+        "The Ray cluster of pools whose backend is ray, as ray.init takes it (auto: the cluster this "
+        "machine is a node of). Unset: RAY_ADDRESS's, else a local one started for the service; "
+        "only when a pool uses the ray backend."))
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description=(
         "How the service's log records and the function log lines are written to stderr: text, or "
@@ -151,14 +155,26 @@ class _PoolBase(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     def overrides(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        return {_POOL_FIELDS.get(k, k): v for k, v in self.model_dump(exclude_none=True).items()}
+
+
+# Ray's own names read well in a template's pool; as flags and variables they say
+# they are the pool's (--pool-backend / LLMFN_POOL_BACKEND).
+_POOL_FLAG_NAMES = {name: f"pool_{name}" for name in ("backend", "num_cpus", "num_gpus", "resources")}
+_POOL_FIELDS = {flag: name for name, flag in _POOL_FLAG_NAMES.items()}
+
+
+def _pool_flag_type(annotation: Any) -> Any:
+    # a mapping comes as text (JSON or NAME=AMOUNT pairs), which PoolConfig reads
+    return str if typing.get_origin(annotation) is dict else annotation
 
 
 # Pool settings given as flags or variables: each one set overrides every served
 # model's pool (the template's too); unset ones leave the template's value.
 PoolSettings: type[_PoolBase] = create_model(
     "PoolSettings", __base__=_PoolBase, __doc__="Pool settings for every model, over the template's.",
-    **{name: (info.annotation | None, Field(None, description=info.description))
+    **{_POOL_FLAG_NAMES.get(name, name): (_pool_flag_type(info.annotation) | None,
+                                          Field(None, description=info.description))
        for name, info in PoolConfig.model_fields.items()})
 
 

@@ -41,6 +41,7 @@ class GatewayConfig:
     keys_at: Target | None = None  # None: static keys only
     redis_url: str | None = None  # quota counters shared by gateways; None: in process
     function_quotas: dict[str, dict[str, Limits]] = field(default_factory=dict)
+    ray_address: str | None = None  # the Ray cluster of pools whose backend is ray; None: RAY_ADDRESS or local
     limits: InputLimits = field(default_factory=InputLimits)
 
 
@@ -138,7 +139,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     app[INVOCATIONS] = invocations
     app[AUTH] = auth
     app[ACCOUNTING] = acct
-    pools = Pools(config.models, config.store, on_cold_start=metrics.observe_cold_start)
+    pools = Pools(config.models, config.store, on_cold_start=metrics.observe_cold_start,
+                  ray_address=config.ray_address)
     metrics.watch_pools(pools)
     app[METRICS] = metrics
     app[POOLS] = pools

@@ -15,7 +15,8 @@ def _card(pool, created: int, stopping: bool) -> s.ModelCard:
     return s.ModelCard(id=pool.name, created=created, context_length=pool.config.pool.n_ctx,
                        source=_public_source(pool.config.source),
                        pool=s.PoolStatus(state=st["state"], workers=st["workers"], queued=st["queued"],
-                                         in_flight=st["in_flight"], spare=st["spare"],
+                                         in_flight=st["in_flight"], placement=st["placement"],
+                                         spare=st["spare"],
                                          last_cold_start=st["last_cold_start"], ready=ready,
                                          reason=reason))
 

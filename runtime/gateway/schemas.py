@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.accounting.keys import check_key_name
-from runtime.pool.pool import PoolState, SpareState
+from runtime.pool.local import SpareState
+from runtime.pool.pool import PoolState, WorkerState
 from runtime.pool.sampling import DEFAULT as SAMPLING
 from runtime.pool.sampling import PAYLOAD_FIELDS
 
@@ -390,11 +391,24 @@ class RerankResponse(BaseModel):
     meta: dict[str, Any] | None = None
 
 
+class WorkerPlacement(BaseModel):
+    """Where one worker runs: a local process, or a Ray actor on a cluster node."""
+    state: WorkerState
+    backend: Literal["local", "ray"] | None = None  # None: not started yet
+    pid: int | None = None  # on its node
+    node_ip: str | None = None  # local: this host's name
+    node_id: str | None = None  # ray: the Ray node's id
+    actor: str | None = None  # ray: the actor's name (namespace llmfn)
+    actor_id: str | None = None
+    resources: dict[str, float] | None = None  # ray: what the actor holds (CPU, GPU, custom)
+
+
 class PoolStatus(BaseModel):
     state: PoolState
     workers: dict[str, int]
     queued: int
     in_flight: int
+    placement: list[WorkerPlacement] = Field(default_factory=list)  # where each worker runs
     spare: SpareState | None = None  # an interpreter waiting to take the next cold start
     last_cold_start: dict[str, Any] | None = None
     ready: bool = True  # a call to this model would be admitted now (see ``/health/ready``)

@@ -1,6 +1,7 @@
 """The gateway's side of the worker protocol: one persistent, authenticated
-Unix-socket connection per worker, requests multiplexed on it, frames routed
-to each request's queue by a single reader task."""
+connection per worker (its Unix socket, or a Ray actor's TCP port), requests
+multiplexed on it, frames routed to each request's queue by a single reader
+task."""
 from __future__ import annotations
 
 import asyncio
@@ -56,6 +57,13 @@ class WorkerClient:
     @classmethod
     async def connect(cls, path: str, secret: str) -> WorkerClient:
         reader, writer = await asyncio.open_unix_connection(path, limit=MAX_PAYLOAD)
+        writer.write(frame(Kind.AUTH, 0, secret.encode()))
+        return cls(reader, writer)
+
+    @classmethod
+    async def connect_tcp(cls, host: str, port: int, secret: str) -> WorkerClient:
+        """A worker on another node (a Ray actor): the same protocol on its TCP port, AUTH first."""
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_PAYLOAD)
         writer.write(frame(Kind.AUTH, 0, secret.encode()))
         return cls(reader, writer)
 

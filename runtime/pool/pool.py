@@ -1,27 +1,22 @@
-"""``ModelPool``: the worker processes of one model, scaled between
-``min_workers`` and ``max_workers``, with a bounded wait queue (the activator)
-in front. States: cold -> starting -> warm -> draining -> cold."""
+"""``ModelPool``: the workers of one model, scaled between ``min_workers`` and
+``max_workers``, with a bounded wait queue (the activator) in front. States:
+cold -> starting -> warm -> draining -> cold. Where a worker runs (a local
+process, a Ray actor) is its backend's business (``backend``)."""
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
-import os
-import secrets
-import shutil
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from runtime.errors import LlmfnError, ModelLoading, ModelUnavailable, Overloaded, UpstreamError
+from runtime.pool.backend import WorkerBackend, WorkerHandle, WorkerState
 from runtime.pool.client import ConnectionLost, Event, Text, WorkerClient, WorkerRefused
+from runtime.pool.local import Launcher, LocalBackend, engine_spec
 from runtime.pool.protocol import Kind
 from runtime.pool.store import FetchResult, ModelStore
 from runtime.pool.tokenizer import ModelTokenizer
@@ -30,41 +25,12 @@ from runtime.template.model_spec import ModelConfig
 log = logging.getLogger("llmfn.pool")
 
 
-class WorkerState(StrEnum):
-    STARTING = "starting"  # launched, loading the model
-    WARM = "warm"  # serving
-    DRAINING = "draining"  # finishing what it has, then it exits
-
-
 class PoolState(StrEnum):
     """The pool's state is that of its most useful worker, or cold without any."""
     COLD = "cold"
     STARTING = "starting"
     WARM = "warm"
     DRAINING = "draining"
-
-
-class SpareState(StrEnum):
-    """A spare interpreter kept for the next cold start."""
-    STARTING = "starting"
-    READY = "ready"
-
-
-@dataclass
-class WorkerHandle:
-    model: str
-    state: WorkerState = WorkerState.STARTING
-    proc: asyncio.subprocess.Process | None = None
-    client: WorkerClient | None = None
-    in_flight: int = 0  # sequences in use
-    last_used: float = field(default_factory=time.monotonic)
-    ready_at: float = 0.0
-    cold_start: dict[str, Any] | None = None
-    stats: dict[str, Any] = field(default_factory=dict)  # the worker's last STATS answer
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
 
 class Lease:
@@ -103,126 +69,16 @@ class Lease:
             raise await self.pool.worker_failed(self.worker, exc) from None
 
 
-def worker_env() -> dict[str, str]:
-    """A worker's environment. llama.cpp's OpenMP threads spin between decode steps; on a
-    small machine that starves the gateway beside them, so they spin briefly, then sleep."""
-    return {"GOMP_SPINCOUNT": "10000", **os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def engine_spec(path: str, p) -> dict[str, Any]:
-    """What a worker's engine is made of: a spare prepared with the same spec is
-    handed over as it is."""
-    return {"model": path, "slots": p.slots, "n_ctx": p.n_ctx, "n_batch": p.n_batch,
-            "n_threads": p.n_threads, "kv_unified": p.kv_unified}
-
-
-def _key(spec: dict[str, Any] | None) -> str | None:
-    return json.dumps(spec, sort_keys=True) if spec else None
-
-
-class Launcher:
-    """Worker interpreters started ahead of need. A spare has imported llama.cpp
-    and waits for a model, so a cold start pays no interpreter start; a CPU
-    pool's spare has also mapped its model's weights (file-backed pages shared
-    with the page cache) and created its context (the KV cache, in memory while
-    it waits), so a cold start pays only the handover. GPU pools keep only the
-    plain spare: scaled to zero, they hold no GPU memory."""
-
-    def __init__(self, *, spare: bool = True, refill_delay: float = 2.0):
-        self.spare_enabled = spare
-        self.refill_delay = refill_delay
-        self.socket_dir = tempfile.mkdtemp(prefix="llmfn-workers-")  # 0700: the sockets are ours alone
-        # by the engine spec they have prepared (None: none); each with the task that
-        # waits for it to be ready
-        self._spares: dict[str | None, tuple[asyncio.subprocess.Process, asyncio.Task]] = {}
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        if self.spare_enabled:
-            await self._fill(None)
-
-    def prepare(self, spec: dict[str, Any]) -> None:
-        """Keep a spare with this engine ready: weights mapped, context created (CPU pools)."""
-        if self.spare_enabled:
-            self._later(self._fill(spec))
-
-    async def take(self, spec: dict[str, Any] | None) -> tuple[asyncio.subprocess.Process, str]:
-        """A process waiting for a model, and what it was: "preloaded", "spare" or "new".
-        ``spec``: the engine to prepare for next time (None: a plain spare)."""
-        kind, proc = "new", None
-        for key, label in ((_key(spec), "preloaded"), (None, "spare")):
-            spare = self._spares.pop(key, None)
-            if spare is not None and spare[0].returncode is None:
-                proc, kind = spare[0], label
-                await spare[1]  # still starting: it is the quickest way to a worker all the same
-                break
-        if proc is None:
-            proc = await self._spawn(None)
-            await self._ready(proc, None)
-        if self.spare_enabled:
-            self._later(self._fill(spec, delay=self.refill_delay))
-        return proc, kind
-
-    def socket_path(self) -> str:
-        return os.path.join(self.socket_dir, f"w{secrets.token_hex(6)}.sock")
-
-    def _later(self, coro) -> None:
-        task = asyncio.create_task(coro, name="spare-worker")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def state(self, spec: dict[str, Any] | None) -> SpareState | None:
-        """The spare for this model, None without one."""
-        spare = self._spares.get(_key(spec)) or self._spares.get(None)
-        if spare is None or spare[0].returncode is not None:
-            return None
-        return SpareState.READY if spare[1].done() else SpareState.STARTING
-
-    async def _fill(self, spec: dict[str, Any] | None, delay: float = 0.0) -> None:
-        # After a cold start, not at once: a new interpreter would compete with the model load.
-        await asyncio.sleep(delay)
-        key = _key(spec)
-        current = self._spares.get(key)
-        if current is None or current[0].returncode is not None:
-            proc = await self._spawn(spec)
-            self._spares[key] = (proc, asyncio.create_task(self._ready(proc, spec), name="spare-ready"))
-
-    @staticmethod
-    async def _ready(proc: asyncio.subprocess.Process, spec: dict[str, Any] | None) -> None:
-        """Wait for the spare's own word: imported (and, preloading, ready to serve)."""
-        for _ in range(2 if spec else 1):
-            if not await proc.stdout.readline():
-                return
-
-    @staticmethod
-    async def _spawn(spec: dict[str, Any] | None) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.pool.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=worker_env())
-        if spec:
-            proc.stdin.write(json.dumps({"preload": spec}).encode() + b"\n")
-        return proc
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for proc, ready in self._spares.values():
-            ready.cancel()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        self._spares.clear()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-
 class ModelPool:
     def __init__(self, config: ModelConfig, store: ModelStore, *, launcher: Launcher | None = None,
                  on_cold_start: Callable[[str, dict[str, Any]], None] | None = None,
-                 connect: Callable[[str, str], Awaitable[WorkerClient]] = WorkerClient.connect):
+                 connect: Callable[[str, str], Awaitable[WorkerClient]] = WorkerClient.connect,
+                 backend: WorkerBackend | None = None):
         self.config = config
-        self._connect = connect  # how a loaded worker is reached (its socket and secret)
         self._own_launcher = launcher is None
         self.launcher = launcher or Launcher(spare=False)
+        # local processes unless given another backend (Pools gives ray pools theirs)
+        self.backend: WorkerBackend = backend or LocalBackend(self.launcher, connect)
         self.name = config.name
         self.store = store
         self.on_cold_start = on_cold_start
@@ -252,8 +108,9 @@ class ModelPool:
 
     @property
     def preloads(self) -> bool:
-        """A CPU pool of a local or embedded model keeps a spare with the weights mapped."""
-        return self.config.pool.n_gpu_layers == 0 and not self.config.source.startswith("s3://")
+        """A local CPU pool of a local or embedded model keeps a spare with the weights mapped."""
+        p = self.config.pool
+        return p.backend == "local" and p.n_gpu_layers == 0 and not self.config.source.startswith("s3://")
 
     async def _prepare_spare(self) -> None:
         """A local or embedded model's path is a stat away: map it in a spare now, and
@@ -294,10 +151,11 @@ class ModelPool:
         return {"state": self.state,
                 "workers": {s: counts.get(s, 0) for s in WorkerState},
                 "pids": [w.pid for w in self.workers if w.pid],
+                "placement": [w.where() for w in self.workers],
                 "queued": self.queued, "in_flight": sum(w.in_flight for w in self.workers),
                 "kv_cache_usage_ratio": self.kv_cache_usage(),
                 "engines": [{"pid": w.pid, **w.stats} for w in self.workers if w.state == WorkerState.WARM],
-                "spare": self.launcher.state(self._spare_spec()),
+                "spare": self.backend.spare_state(self._spare_spec()),
                 "cold_starts": self.cold_starts, "last_cold_start": self.last_cold_start}
 
     def _spare_spec(self) -> dict[str, Any] | None:
@@ -442,14 +300,16 @@ class ModelPool:
     async def _cold_start(self, worker: WorkerHandle) -> None:
         t0 = time.monotonic()
         try:
-            fetch = self._fetch()
-            if not fetch.done():
-                t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
-            fetched = await asyncio.shield(fetch)
+            fetched = None  # a backend that fetches on the worker's node reports its own fetch
+            if not self.backend.fetches_on_node:
+                fetch = self._fetch()
+                if not fetch.done():
+                    t0 = min(t0, self._fetch_started)  # a request may have begun the fetch already
+                fetched = await asyncio.shield(fetch)
+                log.info("model %s: starting a worker (%s)", self.name,
+                         "downloaded" if fetched.downloaded else "cached model")
             t_fetch = time.monotonic()
-            log.info("model %s: starting a worker (%s)", self.name,
-                     "downloaded" if fetched.downloaded else "cached model")
-            ready = await asyncio.wait_for(self._launch(worker, str(fetched.path)),
+            ready = await asyncio.wait_for(self.backend.launch(worker, self.config, fetched),
                                            self.config.pool.cold_start_timeout)
         except TimeoutError:
             self._start_failed(worker, ModelLoading(
@@ -463,10 +323,12 @@ class ModelPool:
             self._start_failed(worker, ModelUnavailable(f"model '{self.name}': cold start cancelled"))
             raise
         now = time.monotonic()
-        spawn_s = max(0.0, (now - t_fetch) - ready["load_s"])
+        fetch_s = ready.get("fetch_s", t_fetch - t0)
+        spawn_s = max(0.0, (now - t0) - fetch_s - ready["load_s"])
         worker.cold_start = {
-            "at": time.time(), "pid": worker.pid, "downloaded": fetched.downloaded,
-            "spare": ready["spare"], "fetch_s": round(t_fetch - t0, 4),
+            "at": time.time(), "pid": worker.pid,
+            "downloaded": ready.get("downloaded", fetched.downloaded if fetched else False),
+            "spare": ready["spare"], "fetch_s": round(fetch_s, 4),
             "process_start_s": round(spawn_s, 4), "load_s": ready["load_s"],
             "ready_s": round(now - t0, 4), "first_token_s": None}
         worker.state, worker.ready_at, worker.last_used = WorkerState.WARM, now, now
@@ -474,7 +336,7 @@ class ModelPool:
         self.cold_starts += 1
         self.last_cold_start = worker.cold_start
         log.info("model %s: worker pid %s warm in %.2fs (fetch %.2fs, process %.2fs, load %.2fs)",
-                 self.name, worker.pid, now - t0, t_fetch - t0, spawn_s, ready["load_s"])
+                 self.name, worker.pid, now - t0, fetch_s, spawn_s, ready["load_s"])
         if self.on_cold_start:
             self.on_cold_start(self.name, worker.cold_start)
         watcher = asyncio.create_task(self._watch(worker), name=f"watch:{worker.pid}")
@@ -482,38 +344,11 @@ class ModelPool:
         watcher.add_done_callback(self._tasks.discard)
         self._dispatch()
 
-    async def _launch(self, worker: WorkerHandle, path: str) -> dict[str, Any]:
-        """Hand the model to a (spare) interpreter, wait until it is loaded, connect."""
-        p = self.config.pool
-        worker.proc, spare = await self.launcher.take(engine_spec(path, p) if p.n_gpu_layers == 0 else None)
-        socket_path, secret = self.launcher.socket_path(), secrets.token_urlsafe(32)
-        cfg = {**engine_spec(path, p), "n_gpu_layers": p.n_gpu_layers, "socket": socket_path, "secret": secret}
-        worker.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
-        log.info("model %s: worker pid %s loading %s", self.name, worker.pid, os.path.basename(path))
-        try:
-            line = await asyncio.wait_for(worker.proc.stdout.readline(), p.cold_start_timeout)
-        except TimeoutError:
-            worker.proc.kill()
-            raise ModelLoading(f"model '{self.name}': worker did not load within "
-                               f"{p.cold_start_timeout:g}s", retry_after=5) from None
-        try:
-            ready = json.loads(line or b"{}")
-        except json.JSONDecodeError:
-            ready = {}
-        if ready.get("event") != "ready":
-            await worker.proc.wait()
-            reason = ready.get("error") or f"exit code {worker.proc.returncode}"
-            raise ModelUnavailable(f"model '{self.name}': worker failed to load the model ({reason})")
-        worker.client = await self._connect(socket_path, secret)
-        if spare == "preloaded" and not ready.get("prepared"):
-            spare = "spare"  # prepared for another engine: it only saved the interpreter start
-        return {**ready, "spare": spare}
-
     def _start_failed(self, worker: WorkerHandle, exc: Exception) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
-        if worker.proc and worker.proc.returncode is None:
-            worker.proc.kill()
+        if worker.process is not None:
+            worker.process.kill()
         err = exc if isinstance(exc, LlmfnError) else ModelUnavailable(
             f"model '{self.name}': cold start failed ({type(exc).__name__})")
         log.error("%s", err.message)
@@ -524,7 +359,7 @@ class ModelPool:
             self._prune_waiters()
 
     async def _watch(self, worker: WorkerHandle) -> None:
-        code = await worker.proc.wait()
+        code = await worker.process.wait()
         if worker.client is not None:
             await worker.client.close()
         if worker.state != WorkerState.DRAINING:
@@ -538,9 +373,9 @@ class ModelPool:
 
     async def worker_failed(self, worker: WorkerHandle, exc: BaseException) -> UpstreamError:
         dead = False
-        if worker.proc is not None:
+        if worker.process is not None:
             try:  # a broken connection usually means the process is exiting: give it a moment
-                await asyncio.wait_for(asyncio.shield(worker.proc.wait()), 1.0)
+                await asyncio.wait_for(asyncio.shield(worker.process.wait()), 1.0)
                 dead = True
             except TimeoutError:
                 pass
@@ -588,14 +423,8 @@ class ModelPool:
         worker.state = WorkerState.DRAINING
         if worker.client is not None:
             await worker.client.close()
-        proc = worker.proc
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if worker.process is not None:
+            await worker.process.stop()
         if worker in self.workers:
             self.workers.remove(worker)
 

@@ -86,6 +86,7 @@ class Connection(eng.Events):
             kind, _, payload = self._read()
             if kind != Kind.AUTH or not hmac.compare_digest(payload, self.worker.secret):
                 return
+            self.sock.settimeout(None)  # a TCP listener bounds the wait for AUTH alone
             while True:
                 kind, req_id, payload = self._read()
                 self.worker.handle(self, kind, req_id, payload)

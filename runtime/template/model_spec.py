@@ -2,9 +2,11 @@
 and ``llmfn serve --model`` declare."""
 from __future__ import annotations
 
+import json
 import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PoolConfig(BaseModel):
@@ -24,6 +26,37 @@ class PoolConfig(BaseModel):
     n_batch: int = Field(512, ge=1, description="Tokens per decode step (prompt chunks and running sequences).")
     kv_unified: bool = Field(True, description="One KV buffer for all sequences (measured faster for many "
                                                "short sequences); false gives each its own stream.")
+    backend: Literal["local", "ray"] = Field("local", description=(
+        "Where workers run: local processes, or Ray actors placed by a Ray cluster's scheduler "
+        "(needs the 'ray' extra; see --ray-address)."))
+    num_cpus: float = Field(1.0, ge=0, description="Ray backend: CPUs each worker actor reserves.")
+    num_gpus: float = Field(0.0, ge=0, description="Ray backend: GPUs each worker actor reserves "
+                                                   "(a fraction shares one).")
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Ray backend: custom resources each worker actor reserves, e.g. gpu_l4=1 or '{\"gpu_l4\": 1}' "
+        "(a node group's rayStartParams resources)."))
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources_text(cls, value):
+        """A flag or variable gives the mapping as text: JSON, or NAME=AMOUNT pairs."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("{"):
+            return json.loads(value)
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("resources: give NAME=AMOUNT pairs (gpu_l4=1,zone_a=1) or a JSON object")
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) & {"CPU", "GPU"}:  # Ray refuses them there too
+            raise ValueError("resources: CPUs and GPUs are asked for with num_cpus and num_gpus")
+        if negative := sorted(k for k, v in value.items() if v < 0):
+            raise ValueError(f"resources: {', '.join(negative)} must not be negative")
+        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> PoolConfig:

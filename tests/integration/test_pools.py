@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import threading
 import time
 
@@ -39,6 +40,7 @@ def test_scale_to_zero_frees_the_worker_and_restarts_on_demand(make_gateway):
     status = gw.pool_status(MODEL)
     assert status["state"] == "warm" and len(status["pids"]) == 1
     pid = status["pids"][0]
+    assert status["placement"] == [{"state": "warm", "backend": "local", "node_ip": socket.gethostname(), "pid": pid}]
     assert _alive(pid)
     wait_until(lambda: gw.pool_status(MODEL)["state"] == "cold", timeout=20)
     wait_until(lambda: not _alive(pid), timeout=10)

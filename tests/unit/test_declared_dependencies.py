@@ -1,6 +1,6 @@
 """pyproject.toml declares exactly what the code imports: every third-party
 import in ``runtime/`` and ``layers/`` is a declared dependency (or the
-embedded-s3, validate, debug or postgres extra), every declared one is imported, and the ``examples`` extra
+embedded-s3, validate, debug, postgres or ray extra), every declared one is imported, and the ``examples`` extra
 is what ``handlers/`` imports beyond that. A regular install then has all it needs."""
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def _imported_distributions(*folders: str) -> dict[str, set[str]]:
 def test_what_the_runtime_and_the_layer_import_is_declared_and_nothing_more():
     extras = PROJECT["optional-dependencies"]
     declared = (_names(PROJECT["dependencies"]) | _names(extras["embedded-s3"]) | _names(extras["validate"])
-                | _names(extras["debug"]) | _names(extras["postgres"]))
+                | _names(extras["debug"]) | _names(extras["postgres"])
+                | _names(extras["ray"]))
     imported = _imported_distributions("runtime", "layers")
     assert {d: sorted(f) for d, f in imported.items() if d not in declared} == {}, "imported, not declared"
     assert sorted(declared - set(imported)) == [], "declared, never imported"

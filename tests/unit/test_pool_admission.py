@@ -6,15 +6,18 @@ the launch protocol (a JSON line on stdout) as a real one does."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import ModelLoading, ModelUnavailable, Overloaded
-from runtime.pool import ModelPool
+from runtime.pool import ModelPool, Pools
 from runtime.pool.store import FetchResult
 from runtime.template.model_spec import ModelConfig, PoolConfig
 from tests.support.cli import wait_until_async
@@ -260,3 +263,19 @@ async def test_a_failed_cold_start_fails_every_queued_request(closing):
     assert all(isinstance(r, ModelUnavailable) for r in results), results
     assert "out of memory" in results[0].message
     assert pool.state == "cold" and pool.queued == 0 and pool.workers == []
+
+
+def test_local_pools_never_import_ray():
+    # Ray is an optional extra: a gateway of local pools must start without it.
+    code = ("import sys, asyncio; from runtime.pool import Pools, ModelStore; "
+            "from runtime.template.model_spec import ModelConfig; "
+            "pools = Pools([ModelConfig(name='m')], ModelStore('/tmp'), spare_worker=False); "
+            "assert pools.ray is None and 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_a_ray_pool_without_ray_installed_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else True)
+    config = ModelConfig(name="m", pool=PoolConfig(backend="ray"))
+    with pytest.raises(ValueError, match=r"llmfn\[ray\]"):
+        Pools([config], FakeStore())

@@ -65,3 +65,29 @@ def test_a_pool_flag_that_breaks_a_templates_pool_is_refused():
     with pytest.raises(ValueError, match="pool settings: .*min_workers must not exceed max_workers"):
         served_models(from_flags(Settings, args), parse_template(template),
                       from_flags(PoolSettings, args).overrides())
+
+
+def test_ray_pool_settings_come_as_pool_flags_and_variables(monkeypatch):
+    monkeypatch.setenv("LLMFN_POOL_RESOURCES", '{"gpu_l4": 1}')
+    monkeypatch.setenv("LLMFN_RAY_ADDRESS", "ray://head:10001")
+    args = cli.parser().parse_args(["serve", "--pool-backend", "ray", "--pool-num-gpus", "0.5"])
+    overrides = from_flags(PoolSettings, args).overrides()
+    (model,) = served_models(from_flags(Settings, args), parse_template(TEMPLATE), overrides)
+    assert (model.pool.backend, model.pool.num_gpus, model.pool.resources) == ("ray", 0.5, {"gpu_l4": 1.0})
+    assert from_flags(Settings, args).ray_address == "ray://head:10001"
+    args = cli.parser().parse_args(["serve", "--pool-resources", "gpu_l4=1,zone_a=0.5"])
+    (model,) = served_models(Settings(), parse_template(TEMPLATE), from_flags(PoolSettings, args).overrides())
+    assert model.pool.resources == {"gpu_l4": 1.0, "zone_a": 0.5} and model.pool.backend == "local"
+
+
+def test_a_pool_backend_other_than_local_or_ray_is_refused():
+    args = cli.parser().parse_args(["serve", "--pool-backend", "k8s"])
+    with pytest.raises(ValueError, match="backend"):
+        served_models(Settings(), parse_template(TEMPLATE), from_flags(PoolSettings, args).overrides())
+
+
+@pytest.mark.parametrize("given", ["GPU=1", "gpu_l4=-1", "gpu_l4"])
+def test_a_resource_request_ray_would_refuse_is_refused_with_the_reason(given):
+    args = cli.parser().parse_args(["serve", "--pool-resources", given])
+    with pytest.raises(ValueError, match="resources: "):
+        served_models(Settings(), parse_template(TEMPLATE), from_flags(PoolSettings, args).overrides())

@@ -62,7 +62,6 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/invoke_overhead.py
 	$(BIN)/python bench/accounting_overhead.py
-	$(BIN)/python bench/ledger_rate.py
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/scale_out.py
 

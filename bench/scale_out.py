@@ -18,7 +18,11 @@ Ray section, against the local backend measured in the same run:
 Both are measured at the pool (a lease and its token stream), not over HTTP,
 so the figures are the channel's and nothing else's.
 
-    .venv/bin/python bench/scale_out.py [--requests 20] [--max-tokens 48] [--seconds 10]
+Ledger section: the shared ledger's write rate, admitted + completed calls per
+second on PostgreSQL vs SQLite (``ledger_rate.py``, whose figures it prefixes
+with ``ledger_``).
+
+    .venv/bin/python bench/scale_out.py [--requests 20] [--max-tokens 48] [--seconds 10] [--sections ray,ledger]
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ledger_rate
 import ray
 from _common import (
     EMBEDDED,
@@ -277,15 +282,22 @@ async def ray_section(args: argparse.Namespace) -> dict[str, float]:
             "two_nodes_over_one": ratio(rates["two_nodes"], rates["one_node"])}
 
 
+async def ledger_section(args: argparse.Namespace) -> dict[str, float]:
+    """The shared ledger: admitted + completed calls per second on PostgreSQL vs SQLite."""
+    figures = await ledger_rate.run(argparse.Namespace(calls=args.ledger_calls, concurrency=args.ledger_concurrency))
+    return {f"ledger_{k}": v for k, v in figures.items()}
+
+
 # Each section measures one part of scaling out and returns its figures; the final line
-# joins them. The shared ledger's section (its write rate on PostgreSQL vs SQLite) is added here.
-SECTIONS: list[Callable[[argparse.Namespace], Awaitable[dict[str, float]]]] = [ray_section]
+# joins them.
+SECTIONS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, float]]]] = {
+    "ray": ray_section, "ledger": ledger_section}
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
     figures: dict[str, float] = {}
-    for section in SECTIONS:
-        figures.update(await section(args))
+    for name in args.sections.split(","):
+        figures.update(await SECTIONS[name](args))
     return figures
 
 
@@ -299,6 +311,9 @@ def main() -> None:
     p.add_argument("--n-threads", type=int, default=1, help="llama.cpp threads of each worker")
     p.add_argument("--n-ctx", type=int, default=512)
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    p.add_argument("--ledger-calls", type=int, default=4000, help="calls of each ledger run")
+    p.add_argument("--ledger-concurrency", type=int, default=64)
+    p.add_argument("--sections", default=",".join(SECTIONS), help="which to run, comma-separated")
     args = p.parse_args()
     print(figures_line("scale_out", asyncio.run(run(args))), flush=True)
 

@@ -47,8 +47,8 @@ def gw(ray_nodes, model_cache, tmp_path_factory):
     models = [model(ON_A, backend="ray", resources={"node_a": 1}, idle_timeout=2.0, n_threads=1),
               model(ON_B, backend="ray", resources={"node_b": 1}, n_threads=1),
               model(NOWHERE, backend="ray", resources={"node_c": 1}, cold_start_timeout=2.0)]
-    with GatewayThread(models, ModelStore(model_cache, show_progress=False), ledger_path=ledger) as gateway:
-        gateway.ledger_path = ledger
+    with GatewayThread(models, ModelStore(model_cache, show_progress=False), ledger_at=ledger) as gateway:
+        gateway.ledger_at = ledger
         yield gateway
 
 
@@ -129,7 +129,7 @@ def test_a_stream_from_an_actor_carries_the_usage_the_ledger_records(gw):
     finish = [e["choices"][0]["finish_reason"] for e in events[:-2] if e["choices"]][-1]
     assert text and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["completion_tokens"] == 12 if finish == "length" else 0 < usage["completion_tokens"] <= 12
-    with closing(sqlite3.connect(gw.ledger_path)) as db:
+    with closing(sqlite3.connect(gw.ledger_at)) as db:
         row = db.execute("SELECT status, model, prompt_tokens, completion_tokens FROM calls "
                          "WHERE request_id = ?", (reply.headers["x-request-id"],)).fetchone()
     assert row == ("success", ON_B, usage["prompt_tokens"], usage["completion_tokens"])

@@ -1,5 +1,5 @@
 """Two ``llmfn serve`` replicas on one PostgreSQL database, one Redis and one S3
-act as one service: quotas hold across them, a key made on one works on the
+act as one service: quotas and budgets hold across them, a key made on one works on the
 other, a deploy through one switches both, every S3 upload is delivered once,
 and a replica killed mid-delivery loses no event."""
 from __future__ import annotations
@@ -160,6 +160,16 @@ def test_two_replicas_share_keys_quotas_deploys_and_deliver_each_event_once(repl
     for t in threads:
         t.join(120)
     assert collections.Counter(statuses) == {200: 5, 429: 15}
+
+    # A daily token budget spent through one replica is spent for the other (a call is
+    # admitted while some of the budget is left: this one leaves none).
+    one_call = _chat(a, replicas.admin).json()["usage"]["total_tokens"]
+    made = call(f"{a}/admin/keys", {"name": "budgeted", "daily_tokens": one_call},
+                headers=_bearer(replicas.admin))
+    budgeted = made.json()["key"]
+    assert _chat(a, budgeted).status == 200
+    refused = _chat(b, budgeted)
+    assert refused.status == 429 and "budget" in refused.json()["error"]["message"].lower(), refused.body
 
     # Twenty uploads: twenty invocations in all, whichever replica ran each.
     for i in range(20):

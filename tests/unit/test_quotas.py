@@ -1,5 +1,5 @@
 """Quota arithmetic on in-process counters with a fake clock (the Redis twin is
-tested against a real redis-server in tests/integration/test_quota_redis.py)."""
+tested against a real redis-server in tests/integration/test_accounting.py and tests/e2e/)."""
 from __future__ import annotations
 
 import asyncio

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -209,11 +210,33 @@ def migration_lock(conn: Connection, component: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"llmfn-schema:{component}",))
 
 
-def reconnected(conn: Connection, target: Target) -> Connection:
-    """``conn``, or a new connection to ``target`` once the server has dropped it (a
-    PostgreSQL restart or failover): a long-lived store asks before each use, so it
-    comes back with its database instead of failing until it is restarted."""
-    if not getattr(conn.raw, "broken", False):  # psycopg's flag; a SQLite file never breaks
-        return conn
-    conn.close()
-    return connect(target)
+class SharedConnection:
+    """A store's one connection, shared by the threads that use the store one at a
+    time (executor threads, callers on the event loop's side), and opened again
+    once the server has dropped it (a PostgreSQL restart or failover), so a
+    long-lived store comes back with its database instead of failing until the
+    service restarts."""
+
+    def __init__(self, target: Target, *, timeout: float = 5.0):
+        self.target, self._timeout = target, timeout
+        self._lock = threading.Lock()
+        self._conn = connect(target, timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        """The file, or the URL without its password: fit for messages."""
+        return self._conn.name
+
+    @contextmanager
+    def use(self) -> Iterator[Connection]:
+        """The connection, held by this thread for the block."""
+        with self._lock:
+            raw = self._conn.raw  # psycopg's flags; a SQLite file's connection has neither
+            if getattr(raw, "broken", False) or getattr(raw, "closed", False):
+                self._conn.close()
+                self._conn = connect(self.target, timeout=self._timeout)
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

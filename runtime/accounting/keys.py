@@ -17,16 +17,16 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.accounting.quotas import Limits
 from runtime.database import (
     Connection,
+    SharedConnection,
     Target,
-    connect,
     is_postgres,
     migration_lock,
     schema_version,
@@ -92,8 +92,8 @@ class KeyStore:
         self.target = target if is_postgres(target) else Path(target)
         if isinstance(self.target, Path):
             self.target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.Lock()  # guards the connection
-        self._conn: Connection | None = None
+        self._shared = SharedConnection(self.target, timeout=10)
+        self._finds_lock = threading.Lock()  # guards _finds
         self._finds: list[float] = []  # when the last database lookups of unknown keys ran
         with self._db() as db:
             _migrate(db)
@@ -102,25 +102,12 @@ class KeyStore:
         self._revoked: set[str] = set()
         self.reload()
 
-    @contextmanager
-    def _db(self) -> Iterator[Connection]:
-        """The connection, under the lock; opened again after PostgreSQL dropped it."""
-        with self._lock:
-            if self._conn is None:
-                self._conn = connect(self.target, timeout=10)
-            try:
-                yield self._conn
-            except self._conn.Error:
-                if self._conn.postgres and (self._conn.raw.closed or self._conn.raw.broken):
-                    self._conn.close()
-                    self._conn = None  # the next use connects again
-                raise
+    def _db(self) -> AbstractContextManager[Connection]:
+        """The one connection, held for the block; opened again after PostgreSQL dropped it."""
+        return self._shared.use()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._shared.close()
 
     def create(self, name: str, *, models: list[str] | None = None, limits: Limits = NO_LIMITS) -> str:
         """A new key; the secret is returned once and never stored."""
@@ -182,7 +169,7 @@ class KeyStore:
         past that, the key waits for the next refresh."""
         digest = key_hash(secret)
         now = time.monotonic()
-        with self._lock:
+        with self._finds_lock:
             self._finds = [t for t in self._finds if now - t < 1.0]
             if len(self._finds) >= FINDS_PER_S:
                 return None
@@ -198,6 +185,7 @@ class KeyStore:
         self._by_hash = {**self._by_hash, digest: record}
         self._by_name = {**self._by_name, record.name: record}
         return record
+
     @property
     def enabled(self) -> bool:
         return bool(self._by_hash)

@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import stat
-import threading
 import time
 import zipfile
 import zlib
@@ -28,10 +27,9 @@ from typing import Any
 
 from runtime.database import (
     Connection,
+    SharedConnection,
     Target,
-    connect,
     migration_lock,
-    reconnected,
     schema_version,
     set_schema_version,
 )
@@ -204,10 +202,8 @@ class Deployments:
         self.bundles = self.root / "bundles"
         self.functions: dict[str, FunctionVersions] = {}
         self.generation = -1
-        self._lock = threading.Lock()
-        self._target = database
-        self._db = connect(database)
-        with self._db.transaction():
+        self._shared = SharedConnection(database)
+        with self._locked(), self._db.transaction():
             migration_lock(self._db, COMPONENT)
             if schema_version(self._db, COMPONENT) < SCHEMA_VERSION:
                 self._db.script(_schema(self._db))
@@ -217,15 +213,12 @@ class Deployments:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the one connection (executor threads share it), opened again if the
-        database dropped it."""
-        with self._lock:
-            self._db = reconnected(self._db, self._target)
+        """Hold the one connection (executor threads share it) as ``self._db`` for the block."""
+        with self._shared.use() as self._db:
             yield
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._shared.close()
 
     def current(self, name: str) -> Version | None:
         fv = self.functions.get(name)

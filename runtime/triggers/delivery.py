@@ -24,7 +24,6 @@ so async callers run them in an executor (``asyncio.to_thread``).
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -34,10 +33,9 @@ from typing import Any, Literal, Protocol
 
 from runtime.database import (
     Connection,
+    SharedConnection,
     Target,
-    connect,
     migration_lock,
-    reconnected,
     schema_version,
     set_schema_version,
 )
@@ -127,27 +125,24 @@ class DeliveryStore:
         self.owner = owner or uuid.uuid4().hex
         self.lease_s = lease_s
         self._clock = clock
-        # One connection behind a lock: writes are tiny, and executor threads share it.
-        self._lock = threading.Lock()
-        self._db = connect(target)
-        _migrate(self._db)
+        # One connection: writes are tiny, and executor threads share it.
+        self._shared = SharedConnection(target)
+        with self._locked():
+            _migrate(self._db)
 
     @property
     def name(self) -> str:
         """The file, or the database's URL without its password: fit for messages."""
-        return self._db.name
+        return self._shared.name
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the one connection (executor threads share it), opened again if the
-        database dropped it."""
-        with self._lock:
-            self._db = reconnected(self._db, self.target)
+        """Hold the one connection as ``self._db`` for the block."""
+        with self._shared.use() as self._db:
             yield
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._shared.close()
 
     def claim(self, event_id: str, function: str, payload: dict[str, Any], *,
               now: float | None = None) -> bool:

@@ -165,6 +165,19 @@ def _wal(raw: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.01)
 
 
+class DatabaseUnavailable(ConnectionError):
+    """The database cannot be reached (or refuses us); the message names it
+    without its password."""
+
+
+def _reason(exc: Exception, url: str) -> str:
+    """The driver's first line of why, with the URL's password (should libpq ever
+    quote it) taken out."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    password = urlsplit(url).password
+    return reason.replace(password, "***") if password else reason
+
+
 def _connect_postgres(url: str, timeout: float) -> Connection:
     try:
         import psycopg
@@ -173,9 +186,7 @@ def _connect_postgres(url: str, timeout: float) -> Connection:
     try:
         raw = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout)))
     except psycopg.Error as exc:
-        # psycopg's message may quote the connection string; say only where it failed
-        raise psycopg.OperationalError(f"cannot connect to {redact(url)}: "
-                                       f"{type(exc).__name__}") from None
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {_reason(exc, url)}") from None
     return Connection(raw, POSTGRES, psycopg.Error, psycopg.IntegrityError, redact(url))
 
 

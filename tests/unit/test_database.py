@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from runtime.database import (
+    DatabaseUnavailable,
     connect,
     is_postgres,
     migration_lock,
@@ -85,6 +86,18 @@ def test_schema_versions_are_kept_per_component_and_migrated_once(db_target):
 def test_a_postgres_server_that_refuses_is_named_without_the_password(postgres_server):
     url = postgres_server.url("postgres").replace("postgres@", "postgres:hunter2@").replace(
         f":{postgres_server.port}/", ":1/")
-    with pytest.raises(Exception) as err:
+    with pytest.raises(DatabaseUnavailable) as err:
         connect(url, timeout=1)
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
+    assert "refused" in str(err.value).lower()  # why, as the driver says it
+
+
+def test_serve_on_an_unreachable_database_says_so_in_one_line_without_the_password(tmp_path):
+    from tests.support.cli import free_port, llmfn
+
+    url = f"postgresql://llmfn:hunter2@127.0.0.1:{free_port()}/llmfn"
+    cp = llmfn("serve", "--gateway-port", "0", "--api-port", "0", "--lambda-port", "0", "--data-dir",
+               str(tmp_path / "data"), env={"LLMFN_DATABASE_URL": url}, timeout=60)
+    assert cp.returncode == 2
+    assert "cannot connect to postgresql://llmfn:***@127.0.0.1" in cp.stderr
+    assert "Traceback" not in cp.stderr and "hunter2" not in cp.stderr

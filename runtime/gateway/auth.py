@@ -157,11 +157,10 @@ class Authenticator:
     def authenticate(self, request: web.Request) -> Principal:
         return self.authenticate_token(bearer_token(request.headers.get("Authorization", "")))
 
-    async def authenticate_fresh(self, request: web.Request) -> Principal:
-        """``authenticate``, after looking a stored-key-shaped token this gateway has
-        never seen up in the key store (off the loop): a key created through another
-        gateway sharing the database works here at its first use."""
-        token = bearer_token(request.headers.get("Authorization", ""))
+    async def authenticate_fresh(self, token: str) -> Principal:
+        """``authenticate_token``, after looking a stored-key-shaped token this gateway
+        has never seen up in the key store (off the loop): a key created through
+        another gateway sharing the database works here at its first use."""
         store = self.store
         if (store is not None and token.startswith(KEY_PREFIX) and token.isascii()
                 and store.lookup(token) is None and not store.is_revoked(token)):
@@ -227,7 +226,8 @@ def auth_middleware(auth: Authenticator):
         if _is_admin_route(request):
             request[PRINCIPAL] = auth.authenticate_admin(bearer_token(request.headers.get("Authorization", "")))
         elif request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
-            request[PRINCIPAL] = await auth.authenticate_fresh(request)
+            request[PRINCIPAL] = await auth.authenticate_fresh(
+                bearer_token(request.headers.get("Authorization", "")))
         return await handler(request)
     return middleware
 

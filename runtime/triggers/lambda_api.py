@@ -155,7 +155,7 @@ async def _auth_middleware(request: web.Request, handler):
         if request.match_info.route.name in _CONTROL_ROUTES:
             auth.authenticate_admin(token)
         else:
-            auth.authenticate_token(token)
+            await auth.authenticate_fresh(token)  # a key made through another replica works at once
     except AuthenticationFailed as err:
         return _aws_error(err.status, "UnrecognizedClientException",
                           f"{err.message} (a signed request carries it as its access key id)")

@@ -150,8 +150,9 @@ def test_two_replicas_share_keys_quotas_deploys_and_deliver_each_event_once(repl
     made = call(f"{a}/admin/keys", {"name": "shared", "rpm": 5}, headers=_bearer(replicas.admin))
     assert made.status == 201, made.body
     key = made.json()["key"]
-    wait_until(lambda: call(f"{b}/v1/models", method="GET", headers=_bearer(key)).status == 200, 15,
-               message="a key made on one replica was not accepted by the other")
+    # at its first use: the other replica's gateway and Lambda API look an unknown key up
+    assert call(f"{b}/v1/models", method="GET", headers=_bearer(key)).status == 200
+    assert _invoke(replicas.url("b", "lambda api"), key)["code"] == "v1"
     statuses: list[int] = []
     threads = [threading.Thread(target=lambda u=u: statuses.append(_chat(u, key).status))
                for u in [a, b] * 10]

@@ -113,6 +113,12 @@ class Connection:
             self.execute(statement)
 
     @property
+    def lost(self) -> bool:
+        """A PostgreSQL connection the server dropped (a restart, a failover) or that
+        was closed; a SQLite file's connection never is."""
+        return self.dialect is POSTGRES and (self.raw.closed or self.raw.broken)
+
+    @property
     def in_transaction(self) -> bool:
         if self.dialect is SQLITE:
             return self.raw.in_transaction
@@ -242,8 +248,7 @@ class SharedConnection:
     def use(self) -> Iterator[Connection]:
         """The connection, held by this thread for the block."""
         with self._lock:
-            raw = self._conn.raw  # psycopg's flags; a SQLite file's connection has neither
-            if getattr(raw, "broken", False) or getattr(raw, "closed", False):
+            if self._conn.lost:
                 self._conn.close()
                 self._conn = connect(self.target, timeout=self._timeout)
             yield self._conn

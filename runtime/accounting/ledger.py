@@ -432,7 +432,7 @@ class Ledger:
         try:
             c.execute(c.dialect.begin)
         except c.Error:
-            if not _lost(c):
+            if not c.lost:
                 raise
             c = self._writable()
             c.execute(c.dialect.begin)
@@ -441,7 +441,7 @@ class Ledger:
     def _writable(self) -> Connection:
         """The writer's connection, opened again when PostgreSQL dropped it: a
         failure to connect is the batch's ``LedgerUnavailable``."""
-        if not _lost(self._writer):
+        if not self._writer.lost:
             return self._writer
         self._writer.close()
         self._writer = _connect(self.target)
@@ -483,7 +483,7 @@ class Ledger:
         first, so a read sees every row recorded before it."""
         self.flush()
         with self._read_lock:
-            if _lost(self._reader):
+            if self._reader.lost:
                 self._reader = _connect(self.target, read_only=True)
             return self._reader.execute(sql, params).fetchall()
 
@@ -567,8 +567,3 @@ def _connect(target: Target, *, read_only: bool = False) -> Connection:
     elif read_only:
         conn.execute("PRAGMA query_only = ON")
     return conn
-
-
-def _lost(conn: Connection) -> bool:
-    """A PostgreSQL connection the server dropped (a SQLite file is never lost)."""
-    return conn.postgres and (conn.raw.closed or conn.raw.broken)

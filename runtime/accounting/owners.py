@@ -155,7 +155,7 @@ class AdvisoryLocks:
         return True
 
     def _session(self) -> Connection:
-        if self._conn is None or self._conn.raw.closed:
+        if self._conn is None or self._conn.lost:
             self._conn = connect(self.target)
             self._key = None
         return self._conn

@@ -8,8 +8,14 @@ keeps the row's token counts close to what the client has been shown. A call
 refused before admission (bad input, quota) is one ``record``ed row.
 
 One writer thread commits whatever is waiting in one transaction (group
-commit): concurrent calls share a commit and the event loop never touches the
-database. The backlog is bounded; past the bound, or when the database cannot
+commit): concurrent calls share a commit. The one exception is the end of a
+call on a SQLite ledger whose writer is idle: its caller commits it on the
+spot, through a connection of its own that never waits for a lock and never
+checkpoints (a commit to the write-ahead log costs less than the two thread
+hand-offs the end of the call would otherwise wait for). When that connection
+would wait, or fails, the end goes to the writer thread like any other write.
+
+The backlog is bounded; past the bound, or when the database cannot
 write (disk full, read-only file, a PostgreSQL server that is down or refuses),
 ``admit`` fails with ``LedgerUnavailable`` (a 503) instead of letting a call run
 unrecorded or the backlog grow. A lost PostgreSQL connection is opened again
@@ -240,6 +246,10 @@ class Ledger:
         self._bounded = 0  # admissions and refusal rows in _ops
         self._progress: dict[str, LedgerRow] = {}  # call id -> latest progress, coalesced
         self._closed = False
+        self._writing = False  # the writer thread is committing a batch
+        # a call's end, committed at once by its caller while the writer is idle (SQLite only)
+        self._direct = None if self._writer.postgres else _connect(self.target, timeout=0)
+        self._direct_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
         # a process that forgets close() still writes its last rows on a clean exit
@@ -267,11 +277,36 @@ class Ledger:
         """Queue an admitted call's final row. Never refused: what was admitted
         must end, and admissions bound how many can wait."""
         fut: Future = Future()
+        op = _Op("complete", row, fut)
+        if self._direct is not None and self._complete_now(op):
+            return fut
         try:
-            self._submit(_Op("complete", row, fut), bounded=False)
+            self._submit(op, bounded=False)
         except LedgerUnavailable as exc:
             fut.set_exception(exc)
         return fut
+
+    def _complete_now(self, op: _Op) -> bool:
+        """Commit a call's end on the caller's thread when nothing is queued or being
+        written (so the call's admission is already committed); False when it should
+        be queued instead: the writer is busy, the file is locked by another process
+        (the connection does not wait), or the write failed (the writer thread retries
+        it and reports what it finds)."""
+        with self._cv:
+            if self._ops or self._writing or self._closed:
+                return False
+        if not self._direct_lock.acquire(blocking=False):
+            return False
+        try:
+            self._commit([op], {}, self._direct)
+        except Exception:  # noqa: BLE001 - busy, or a failure the writer thread reports
+            return False
+        else:
+            self.healthy = True
+        finally:
+            self._direct_lock.release()
+        _resolve([op])
+        return True
 
     def record(self, row: LedgerRow) -> None:
         """Queue the row of a call that was never admitted (no wait). With the
@@ -322,9 +357,12 @@ class Ledger:
             log.exception("ledger: unfinished calls stay running until the next start")
         finally:
             self._owners.release()
-            with self._read_lock:
+            with self._read_lock, self._direct_lock:
                 self._writer.close()
                 self._reader.close()
+                if self._direct is not None:
+                    self._direct.close()
+                    self._direct = None
 
     def _submit(self, op: _Op, *, bounded: bool) -> None:
         with self._cv:
@@ -351,7 +389,12 @@ class Ledger:
                 ops, self._ops = list(self._ops), collections.deque()
                 self._bounded = 0
                 progress, self._progress = self._progress, {}
-            self._write(ops, progress)
+                self._writing = True
+            try:
+                self._write(ops, progress)
+            finally:
+                with self._cv:
+                    self._writing = False
 
     def _write(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
         try:
@@ -393,11 +436,16 @@ class Ledger:
         self.dropped += dropped
         log.error("ledger write failed (%s): %d calls not recorded", exc, len(ops))
 
-    def _commit(self, ops: list[_Op], progress: dict[str, LedgerRow]) -> None:
-        """One transaction for the batch: every row in it or none."""
+    def _commit(self, ops: list[_Op], progress: dict[str, LedgerRow], direct: Connection | None = None) -> None:
+        """One transaction for the batch: every row in it or none. On the writer's
+        connection unless ``direct`` (a call's end committed by its caller)."""
         if not progress and all(op.kind == "barrier" for op in ops):
             return
-        c = self._begin()  # first: it may find the owner lock's session gone
+        if direct is not None:
+            c = direct
+            c.execute(c.dialect.begin)
+        else:
+            c = self._begin()  # first: it may find the owner lock's session gone
         try:
             if any(op.kind == "admit" for op in ops):
                 self._owners.hold(self.owner_id)
@@ -556,7 +604,13 @@ def _columns(conn: Connection) -> set[str]:
         " WHERE table_schema = current_schema() AND table_name = 'calls'")}
 
 
-def _connect(target: Target, *, read_only: bool = False) -> Connection:
+def _connect(target: Target, *, read_only: bool = False, timeout: float | None = None) -> Connection:
+    """A ledger connection; ``timeout`` 0 (SQLite): one that never waits for another's
+    lock and never checkpoints (the ends committed on the event loop)."""
+    if timeout is not None:
+        conn = connect(target, timeout=timeout)
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
     conn = connect(target)
     if conn.postgres:
         # the write-ahead promise needs an admitted row on disk before the call runs,

@@ -165,7 +165,10 @@ class CallMeter:
         if self._written is None:
             return
         try:
-            await committed(self._written)
+            if not self._written.done():
+                await committed(self._written)
+            elif self._written.exception() is not None:  # committed at once: no trip through the loop
+                raise self._written.exception()
         except LlmfnError:
             if status == CallStatus.SUCCESS:
                 raise

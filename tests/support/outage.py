@@ -23,13 +23,16 @@ def writes_refused(ledger: Ledger) -> Iterator[None]:
 
 @contextmanager
 def _disk_full(ledger: Ledger) -> Iterator[None]:
-    writer = ledger._writer  # the writer's own connection: the limit is per connection
-    pages = writer.execute("PRAGMA page_count").fetchone()[0]
-    writer.execute(f"PRAGMA max_page_count = {pages}")
+    # the limit is per connection: the writer thread's, and the one that commits ends at once
+    writers = [c for c in (ledger._writer, ledger._direct) if c is not None]
+    pages = writers[0].execute("PRAGMA page_count").fetchone()[0]
+    for writer in writers:
+        writer.execute(f"PRAGMA max_page_count = {pages}")
     try:
         yield
     finally:
-        writer.execute("PRAGMA max_page_count = 1073741823")
+        for writer in writers:
+            writer.execute("PRAGMA max_page_count = 1073741823")
 
 
 @contextmanager

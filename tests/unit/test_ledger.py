@@ -215,6 +215,49 @@ def test_an_end_whose_admission_was_never_written_is_still_a_row(ledger):
     assert on_disk(ledger.target) == {"c9": ("success", None, 10, 2)}
 
 
+def test_the_end_of_a_call_on_an_idle_sqlite_ledger_is_committed_before_complete_returns(tmp_path):
+    # no hand-off to the writer thread and back: the end is on the response's path
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.admit(admitted("c1")).result(10)
+    done = ledger.complete(admitted("c1", completion=5, status="success"))
+    assert done.done() and done.exception() is None
+    assert on_disk(ledger.target) == {"c1": ("success", None, 10, 5)}
+    ledger.close()
+
+
+def test_an_end_never_waits_for_another_process_holding_the_sqlite_file(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.admit(admitted("c1")).result(10)
+    with closing(sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process writing (an import, a replica)
+        t = time.monotonic()
+        done = ledger.complete(admitted("c1", completion=5, status="success"))
+        assert time.monotonic() - t < 2.5  # it did not sit out the 5 s busy timeout
+        assert not done.done()  # queued for the writer thread, which waits for the lock
+        other.execute("COMMIT")
+    done.result(10)
+    assert on_disk(ledger.target) == {"c1": ("success", None, 10, 5)}
+    ledger.close()
+
+
+def test_an_end_that_cannot_be_written_at_once_is_reported_by_the_writer(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.admit(admitted("c1")).result(10)
+    with writes_refused(ledger):
+        for i in range(400):  # admissions fill the "disk"; then an end
+            try:
+                ledger.admit(admitted(f"fill{i}")).result(10)
+            except LedgerUnavailable:
+                break
+        ledger.complete(admitted("c1", completion=5, status="success"))
+        # a new row for a call whose admission was lost cannot fit either
+        with pytest.raises(LedgerUnavailable):
+            ledger.complete(admitted("lost", completion=1, status="success")).result(10)
+    ledger.complete(admitted("lost", completion=1, status="success")).result(10)
+    assert on_disk(ledger.target)["lost"] == ("success", None, 10, 1)
+    ledger.close()
+
+
 def test_progress_updates_a_running_row_and_never_an_ended_one(ledger):
     ledger.admit(admitted("a")).result(10)
     ledger.admit(admitted("b")).result(10)

@@ -79,6 +79,7 @@ class CallMeter:
         self.recorded = False
         self._written: Future | None = None
         self._admission: Future | None = None
+        self._deferred = False  # the admission row waits for ``dispatched``
         self._prompt = 0
         # the admission row holds the call's start: a call shorter than the interval
         # writes no progress at all, and its first tokens pay for no write
@@ -96,17 +97,28 @@ class CallMeter:
         self.begin(reserved, prompt)
         await self.confirm()
 
-    def begin(self, reserved: int, prompt: int = 0) -> None:
-        """Queue the call's admission row; ``confirm`` waits for its commit."""
+    def begin(self, reserved: int, prompt: int = 0, *, defer: bool = False) -> None:
+        """Queue the call's admission row; ``confirm`` waits for its commit. With
+        ``defer`` it is queued by ``dispatched`` instead, once the worker has the
+        request (or by ``confirm``, whichever comes first)."""
         self.reserved, self._prompt = reserved, prompt
-        journal = self.calls.journal
-        self.admitted = True  # queued: from now on the call's end updates that row
-        if journal is not None:
-            self._admission = journal.admit(self.record(CallStatus.RUNNING, prompt))
+        self.admitted = True  # from now on the call's end updates that row
+        if self.calls.journal is not None:
+            self._deferred = True
+            if not defer:
+                self.dispatched()
+
+    def dispatched(self) -> None:
+        """The worker has the request: queue the admission row if it waited. Its write
+        (another thread's) then overlaps the prompt instead of delaying the request."""
+        if self._deferred:
+            self._deferred = False
+            self._admission = self.calls.journal.admit(self.record(CallStatus.RUNNING, self._prompt))
 
     async def confirm(self) -> None:
         """Wait until the admission row is on disk (at once when it already is).
         Raises ``LedgerUnavailable`` when it cannot be written."""
+        self.dispatched()
         written, self._admission = self._admission, None
         if written is None:
             return
@@ -141,6 +153,7 @@ class CallMeter:
         if self.recorded:
             return
         self.recorded = True
+        self._deferred = False  # never queued: the end is the call's one row
         record = self.record(status, prompt, completion, cached, error)
         if self.calls.journal is not None:
             self._written = self.calls.journal.end(record, self.admitted)

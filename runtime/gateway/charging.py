@@ -55,11 +55,13 @@ class Accounting:
         """Admit a call before it is dispatched: reserve ``tokens`` against the
         caller's limits (429s), then wait until the ledger has its row (503 when
         it cannot). A refused call gives its reservation back. ``wait=False``
-        only queues the row: the caller must ``meter.confirm()`` before any byte
-        of the response leaves (a generation overlaps the write with its prompt)."""
+        leaves the row to the caller: ``meter.dispatched()`` queues it once the
+        worker has the request (a generation overlaps the write with its prompt),
+        and ``meter.confirm()`` must come before any byte of the response leaves."""
         grant = await self.reserve(meter.principal, meter.model, tokens)
         try:
-            meter.begin(tokens, prompt_tokens)
+            # A ledger that would refuse the row now is asked at once: the refusal comes before any work.
+            meter.begin(tokens, prompt_tokens, defer=not wait and self._takes_rows())
             # A ledger whose last write failed is waited for: its refusal comes before any work.
             if wait or (self.ledger is not None and not self.ledger.healthy):
                 await meter.confirm()
@@ -67,6 +69,10 @@ class Accounting:
             await self.settle(grant, 0)
             raise
         return grant
+
+    def _takes_rows(self) -> bool:
+        """The ledger's last write went through and its backlog has room."""
+        return self.ledger is None or (self.ledger.healthy and not self.ledger.backlogged)
 
     async def reserve(self, principal: Principal, model: str, tokens: int) -> Grant | None:
         limits = self.book.limits(principal, model)

@@ -93,8 +93,8 @@ class Generation:
         limits = [check_context(self.pool, len(p.tokens), max_tokens, param) for p in prompts]
         self.prompt_tokens = sum(len(p.tokens) for p in prompts)
         # TPM reserves the prompt plus everything the call may generate. The admission row
-        # is written while the worker reads the prompt; nothing of the response leaves
-        # before it is on disk (``_events`` confirms it first).
+        # is queued once the worker has the request and written while it reads the prompt;
+        # nothing of the response leaves before it is on disk (``_events`` confirms it first).
         async with charge(self.request.app[ACCOUNTING], self.meter,
                           self.prompt_tokens + self.req.n * sum(limits), self.prompt_tokens, wait=False,
                           counted=lambda: (self.prompt_tokens, self.completion_tokens + self.partial)) as spent:
@@ -135,7 +135,7 @@ class Generation:
     async def _events(self, prompt: Prompt, limit: int, base: int, n: int):
         """(choice index, event) of one group, accounted as they come."""
         async with self.pool.lease(n) as lease:
-            async with aclosing(lease.generate(self._body(prompt, limit, n))) as events:
+            async with aclosing(lease.generate(self._body(prompt, limit, n), self.meter.dispatched)) as events:
                 async for ev in events:
                     await self.meter.confirm()  # the admission row is on disk before any output
                     if isinstance(ev, Text):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +67,16 @@ class WorkerClient:
         writer.write(frame(Kind.AUTH, 0, secret.encode()))
         return cls(reader, writer)
 
-    async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
-        """Events of one generation; leaving early cancels it in the worker at once."""
+    async def generate(self, body: dict[str, Any], on_sent: Callable[[], None] | None = None
+                       ) -> AsyncIterator[Event]:
+        """Events of one generation; leaving early cancels it in the worker at once.
+        ``on_sent`` runs once the request is on its way, before any event."""
         req_id, q = self._open()
         finished = False
         try:
             self._send(json_frame(Kind.GENERATE, req_id, body))
+            if on_sent is not None:
+                on_sent()
             while True:
                 kind, payload = await self._next(q)
                 if kind == Kind.TEXT:

@@ -39,12 +39,13 @@ class Lease:
     def __init__(self, pool: ModelPool, worker: WorkerHandle, n: int = 1):
         self.pool, self.worker, self.n = pool, worker, n
 
-    async def generate(self, body: dict[str, Any]) -> AsyncIterator[Event]:
+    async def generate(self, body: dict[str, Any], on_sent: Callable[[], None] | None = None
+                       ) -> AsyncIterator[Event]:
         """The worker's events; leaving early cancels the generation in the worker,
-        a dead worker becomes ``UpstreamError``."""
+        a dead worker becomes ``UpstreamError``. ``on_sent``: once the worker has the request."""
         first = True
         try:
-            async for event in self.worker.client.generate(body):
+            async for event in self.worker.client.generate(body, on_sent):
                 if first and isinstance(event, Text):
                     first = False
                     self.pool.note_first_token(self.worker)

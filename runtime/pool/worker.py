@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from runtime.pool import engine as eng  # noqa: E402  (imports llama.cpp)
 from runtime.pool.protocol import HEADER, MAX_PAYLOAD, Kind, json_frame, text_frame  # noqa: E402
-from runtime.template.model_spec import PoolConfig  # noqa: E402
 
 IMPORT_S = time.monotonic() - T0
 
@@ -115,7 +114,16 @@ class Connection(eng.Events):
 
 
 ENGINE_KEYS = ("slots", "n_ctx", "n_batch", "n_threads", "kv_unified")
-POOL_DEFAULTS = PoolConfig()  # for a cfg written by hand; the pool's always carries every key
+
+
+def _setting(cfg: dict, key: str):
+    """A pool setting of ``cfg``; the pool's always carries every key, and the
+    template's default (imported only then) fills a cfg written by hand."""
+    if key in cfg:
+        return cfg[key]
+    from runtime.template.model_spec import PoolConfig
+
+    return getattr(PoolConfig(), key)
 
 
 class Prepared:
@@ -129,7 +137,7 @@ class Prepared:
         self.engine = _new_engine(self.model, self.events, spec) if _generative(self.model) else None
 
     def fits(self, cfg: dict) -> bool:
-        return (self.spec["model"] == cfg["model"] and not cfg.get("n_gpu_layers", POOL_DEFAULTS.n_gpu_layers)
+        return (self.spec["model"] == cfg["model"] and not _setting(cfg, "n_gpu_layers")
                 and all(self.spec.get(k) == cfg.get(k) for k in ENGINE_KEYS))
 
     def close(self) -> None:
@@ -149,8 +157,8 @@ def _generative(model: eng.Model) -> bool:
 
 def _new_engine(model: eng.Model, events: eng.Events, cfg: dict) -> eng.Engine:
     return eng.Engine(model, events, slots=cfg["slots"], n_ctx=cfg["n_ctx"],
-                      n_batch=cfg.get("n_batch", POOL_DEFAULTS.n_batch), n_threads=cfg.get("n_threads"),
-                      kv_unified=cfg.get("kv_unified", POOL_DEFAULTS.kv_unified))
+                      n_batch=_setting(cfg, "n_batch"), n_threads=cfg.get("n_threads"),
+                      kv_unified=_setting(cfg, "kv_unified"))
 
 
 class Worker:
@@ -161,7 +169,7 @@ class Worker:
         if prepared is not None and not prepared.fits(cfg):
             prepared.close()
             prepared = None
-        gpu_layers = cfg.get("n_gpu_layers", POOL_DEFAULTS.n_gpu_layers)
+        gpu_layers = _setting(cfg, "n_gpu_layers")
         self.model = prepared.model if prepared else eng.Model(cfg["model"], n_gpu_layers=gpu_layers)
         self.conns: dict[int, Connection] = {}  # request id -> its connection
         self.live: set[Connection] = set()
@@ -235,7 +243,7 @@ class Worker:
         if self._embedder is None:
             from runtime.pool.embedding_engine import Embedder
             self._embedder = Embedder(self.model.ptr, n_ctx=self.cfg["n_ctx"],
-                                      n_batch=max(self.cfg.get("n_batch", POOL_DEFAULTS.n_batch), self.cfg["n_ctx"]),
+                                      n_batch=max(_setting(self.cfg, "n_batch"), self.cfg["n_ctx"]),
                                       n_threads=self.cfg.get("n_threads"))
         return self._embedder
 

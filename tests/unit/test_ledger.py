@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from contextlib import closing
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -208,6 +208,16 @@ def test_the_end_of_a_call_replaces_its_admitted_row(ledger):
     ledger.admit(admitted("c1")).result(10)
     ledger.complete(admitted("c1", completion=5, status="success")).result(10)
     assert on_disk(ledger.target) == {"c1": ("success", None, 10, 5)}
+
+
+def test_the_end_of_a_call_writes_every_figure_it_ended_with(ledger):
+    start = admitted("c1")
+    ledger.admit(start).result(10)
+    end = replace(start, status="failure", error_type="upstream_error", prompt_tokens=12,
+                  completion_tokens=7, cached_tokens=4, latency_ms=250.0, ttft_ms=30.0)
+    ledger.complete(end).result(10)
+    stored = ledger.read(f"SELECT {', '.join(COLUMNS)} FROM calls")
+    assert stored == [astuple(end)]
 
 
 def test_an_end_whose_admission_was_never_written_is_still_a_row(ledger):

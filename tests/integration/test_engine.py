@@ -104,6 +104,24 @@ def test_greedy_text_alone_and_beside_seven_others(sdk):
     assert batched.startswith(first) and alone.startswith(first)
 
 
+
+def test_concurrent_requests_share_each_decode_step(sdk, engine_gw):
+    sdk.completions.create(model=MODEL, prompt="warm up", max_tokens=1)
+    before = engine_stats(engine_gw)["decode_calls"]
+    barrier = threading.Barrier(4)
+
+    def run(i: int):
+        barrier.wait()
+        return sdk.completions.create(model=MODEL, prompt=f"Item {i} of the list:", max_tokens=24,
+                                      temperature=0, extra_body={"ignore_eos": True})
+
+    with ThreadPoolExecutor(4) as ex:
+        replies = list(ex.map(run, range(4)))
+    calls = engine_stats(engine_gw)["decode_calls"] - before
+    assert all(r.usage.completion_tokens == 24 for r in replies)
+    # one llama_decode per step for the four together; one after another would be 4 x 24
+    assert calls < 2 * 24
+
 # ---- scheduling ------------------------------------------------------------------
 
 def test_cancelled_stream_frees_its_sequence_at_once(make_gateway):
@@ -124,6 +142,33 @@ def test_cancelled_stream_frees_its_sequence_at_once(make_gateway):
     reply = sdk.completions.create(model=MODEL, prompt="Next:", max_tokens=4, extra_body={"ignore_eos": True})
     assert reply.usage.completion_tokens == 4  # the one slot was free for it
     assert engine_stats(gw)["predicted_tokens"] - predicted <= 4 + 2
+
+
+def test_a_long_prompt_is_evaluated_in_chunks_while_a_stream_keeps_its_pace(make_gateway, tokenizer):
+    """With ``n_batch`` 64, a 1000-token prompt takes about 16 steps; the stream already
+    running gets a token in each of them instead of waiting for the whole prompt."""
+    gw = make_gateway(model(max_workers=1, slots=2, n_batch=64, n_ctx=2048))
+    sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    sdk.completions.create(model=MODEL, prompt="warm up", max_tokens=1)
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 90
+    steps = -(-len(tokenizer.encode(long_prompt, add_bos=True, special=True)) // 63)
+    assert steps >= 12
+    stream = sdk.completions.create(model=MODEL, prompt="Count: 1, 2, 3,", max_tokens=600, stream=True,
+                                    extra_body={"ignore_eos": True})
+    seen, at_send, at_answer = 0, None, None
+    with ThreadPoolExecutor(1) as ex:
+        for chunk in stream:
+            seen += sum(1 for c in chunk.choices if c.text)
+            if seen == 3 and at_send is None:
+                at_send = seen
+                long_call = ex.submit(sdk.completions.create, model=MODEL, prompt=long_prompt, max_tokens=1)
+            elif at_send is not None and long_call.done():
+                at_answer = seen
+                break
+        stream.close()
+        assert long_call.result().usage.prompt_tokens > 63 * (steps - 1)
+    assert at_answer is not None, "the stream ended before the long prompt was answered"
+    assert at_answer - at_send >= steps - 3  # a token per step while the prompt was read
 
 
 def test_prefix_reuse_reports_cached_tokens(sdk, tokenizer):
@@ -374,6 +419,30 @@ def test_logit_bias_bans_and_forces_tokens_at_temperature_zero(sdk, tokenizer):
     # the same bias steers a sampled (temperature > 0) request through llama.cpp's chain
     sampled = sdk.completions.create(**{**kwargs, "temperature": 0.8}, seed=3, logit_bias={str(forced_id): 100})
     assert sampled.choices[0].text == tokenizer.decode([forced_id])
+
+
+
+# ---- sampling --------------------------------------------------------------------
+
+def test_a_seed_reproduces_a_sampled_text(sdk):
+    body = dict(model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=1.0,
+                extra_body={"ignore_eos": True})
+    first = sdk.completions.create(seed=7, **body).choices[0].text
+    again = sdk.completions.create(seed=7, **body).choices[0].text
+    others = {sdk.completions.create(seed=seed, **body).choices[0].text for seed in (8, 9, 10)}
+    assert again == first
+    assert others - {first}  # other seeds draw other texts
+
+
+@pytest.mark.parametrize("penalty", [{"frequency_penalty": 2.0}, {"extra_body": {"repeat_penalty": 1.5}}])
+def test_a_penalty_breaks_a_greedy_repetition(sdk, penalty):
+    body = dict(model=MODEL, prompt="yes yes yes yes yes yes yes yes", max_tokens=16, temperature=0,
+                extra_body={"ignore_eos": True})
+    plain = sdk.completions.create(**body).choices[0].text
+    assert plain.split() == ["yes"] * 16  # the model repeats itself when nothing stops it
+    kwargs = {**body, **penalty, "extra_body": {**body["extra_body"], **penalty.get("extra_body", {})}}
+    penalized = sdk.completions.create(**kwargs).choices[0].text
+    assert penalized.split().count("yes") < 8
 
 
 

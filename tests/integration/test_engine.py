@@ -434,6 +434,15 @@ def test_a_seed_reproduces_a_sampled_text(sdk):
     assert others - {first}  # other seeds draw other texts
 
 
+@pytest.mark.parametrize("narrow", [{"top_p": 1e-6}, {"extra_body": {"top_k": 1}}, {"extra_body": {"min_p": 1.0}}])
+def test_a_sampler_that_keeps_one_token_gives_the_greedy_text(sdk, narrow):
+    body = dict(model=MODEL, prompt="Once upon a time", max_tokens=24, extra_body={"ignore_eos": True})
+    greedy = sdk.completions.create(temperature=0, **body).choices[0].text
+    kwargs = {**body, **narrow, "extra_body": {**body["extra_body"], **narrow.get("extra_body", {})}}
+    sampled = {sdk.completions.create(temperature=1.5, seed=seed, **kwargs).choices[0].text for seed in (1, 2)}
+    assert sampled == {greedy}
+
+
 @pytest.mark.parametrize("penalty", [{"frequency_penalty": 2.0}, {"extra_body": {"repeat_penalty": 1.5}}])
 def test_a_penalty_breaks_a_greedy_repetition(sdk, penalty):
     body = dict(model=MODEL, prompt="yes yes yes yes yes yes yes yes", max_tokens=16, temperature=0,

@@ -300,9 +300,12 @@ async def pool_of(http, server: Server, model: str) -> dict[str, Any]:
     return next(c["pool"] for c in cards if c["id"] == model)
 
 
-async def wait_pool_settled(http, server: Server, model: str, timeout: float = 120) -> None:
+async def wait_pool_settled(http, server: Server, model: str, timeout: float = 120,
+                            refill_s: float = 30) -> None:
     """Until no worker of the model's pool is still starting (a level's warm-up may have
-    scaled it up)."""
+    scaled it up), and the spare that a cold start took has been replaced: the new
+    interpreter imports llama.cpp and maps the model a couple of seconds after the
+    cold start, work that belongs to the cold start, not to the level's throughput."""
     deadline = time.monotonic() + timeout
     while (pool := await pool_of(http, server, model))["workers"].get("starting", 0):
         if time.monotonic() > deadline:
@@ -310,6 +313,12 @@ async def wait_pool_settled(http, server: Server, model: str, timeout: float = 1
         await asyncio.sleep(0.2)
     if pool["state"] != "warm":
         raise RuntimeError(f"llmfn: pool {model} is {pool['state']} after its warm-up")
+    refilled = time.monotonic() + refill_s
+    while pool.get("spare") != "ready" and time.monotonic() < refilled:
+        await asyncio.sleep(0.2)
+        pool = await pool_of(http, server, model)
+    if pool.get("spare") != "ready":
+        log(f"llmfn: pool {model} has no spare ready after {refill_s:g}s; measuring anyway")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -116,7 +116,10 @@ class Sampler:
     the token against the grammar, and only constrain the whole vocabulary when
     it was rejected (a grammar over 262k candidates every token is slow)."""
 
-    def __init__(self, model: Model, s: Sampling, seed: int):
+    REPEAT_LAST_N = 64  # llama.cpp's repeat_last_n
+
+    def __init__(self, model: Model, s: Sampling, seed: int, prompt: list[int] | None = None,
+                 max_tokens: int = REPEAT_LAST_N):
         self.model = model
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.grammar = None
@@ -134,8 +137,15 @@ class Sampler:
         if bias:
             arr = (ll.llama_logit_bias * len(bias))(*[ll.llama_logit_bias(t, b) for t, b in bias.items()])
             self._add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(bias), arr))
-        if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
-            self._add(ll.llama_sampler_init_penalties(model.n_vocab, 64, s.repeat_penalty,
+        if s.repeat_penalty != 1.0:
+            # llama.cpp's: the last 64 tokens, the prompt's among them (as llama-server counts)
+            repeat = ll.llama_sampler_init_penalties(model.n_vocab, self.REPEAT_LAST_N, s.repeat_penalty, 0.0, 0.0)
+            for token in (prompt or [])[-self.REPEAT_LAST_N:]:
+                ll.llama_sampler_accept(repeat, token)
+            self._add(repeat)
+        if s.presence_penalty or s.frequency_penalty:
+            # OpenAI's: every token generated so far, and only those
+            self._add(ll.llama_sampler_init_penalties(model.n_vocab, max(max_tokens, 1), 1.0,
                                                       s.frequency_penalty, s.presence_penalty))
         if s.temperature <= 0:
             self._add(ll.llama_sampler_init_greedy())
@@ -367,7 +377,7 @@ class Engine:
         samplers = []
         try:
             for k in range(req.n):
-                samplers.append(Sampler(self.model, req.sampling, seed + k))
+                samplers.append(Sampler(self.model, req.sampling, seed + k, req.prompt, req.max_tokens))
         except EngineError:
             for smp in samplers:
                 smp.close()

@@ -443,15 +443,19 @@ def test_a_sampler_that_keeps_one_token_gives_the_greedy_text(sdk, narrow):
     assert sampled == {greedy}
 
 
-@pytest.mark.parametrize("penalty", [{"frequency_penalty": 2.0}, {"extra_body": {"repeat_penalty": 1.5}}])
-def test_a_penalty_breaks_a_greedy_repetition(sdk, penalty):
+@pytest.mark.parametrize("penalty, prompt_counts", [
+    ({"frequency_penalty": 2.0}, False),  # OpenAI's: the tokens generated so far
+    ({"extra_body": {"repeat_penalty": 1.5}}, True),  # llama.cpp's: the last 64, prompt included
+])
+def test_a_penalty_breaks_a_greedy_repetition(sdk, penalty, prompt_counts):
     body = dict(model=MODEL, prompt="yes yes yes yes yes yes yes yes", max_tokens=16, temperature=0,
                 extra_body={"ignore_eos": True})
     plain = sdk.completions.create(**body).choices[0].text
     assert plain.split() == ["yes"] * 16  # the model repeats itself when nothing stops it
     kwargs = {**body, **penalty, "extra_body": {**body["extra_body"], **penalty.get("extra_body", {})}}
-    penalized = sdk.completions.create(**kwargs).choices[0].text
-    assert penalized.split().count("yes") < 8
+    penalized = sdk.completions.create(**kwargs).choices[0].text.split()
+    assert penalized.count("yes") < 8
+    assert (penalized[0] != "yes") is prompt_counts  # the prompt's eight "yes" weigh from the first token
 
 
 

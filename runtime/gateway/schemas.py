@@ -33,8 +33,8 @@ class StreamOptions(BaseModel):
 
 
 class SamplingParams(_Request):
-    """Sampling fields shared by chat and completions; ``top_k``, ``min_p`` and
-    ``repeat_penalty`` pass through to llama.cpp."""
+    """Sampling fields shared by chat and completions; ``top_k``, ``min_p``,
+    ``repeat_penalty`` and ``repeat_last_n`` pass through to llama.cpp."""
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(SAMPLING.temperature, ge=0.0, le=2.0)
@@ -42,6 +42,7 @@ class SamplingParams(_Request):
     top_k: int = Field(SAMPLING.top_k, ge=0)
     min_p: float = Field(SAMPLING.min_p, ge=0.0, le=1.0)
     repeat_penalty: float = Field(SAMPLING.repeat_penalty, gt=0.0, le=10.0)
+    repeat_last_n: int = Field(SAMPLING.repeat_last_n, ge=-1, le=1 << 20)  # -1: the context
     presence_penalty: float = Field(SAMPLING.presence_penalty, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(SAMPLING.frequency_penalty, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=16)

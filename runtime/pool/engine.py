@@ -116,10 +116,8 @@ class Sampler:
     the token against the grammar, and only constrain the whole vocabulary when
     it was rejected (a grammar over 262k candidates every token is slow)."""
 
-    REPEAT_LAST_N = 64  # llama.cpp's repeat_last_n
-
     def __init__(self, model: Model, s: Sampling, seed: int, prompt: list[int] | None = None,
-                 max_tokens: int = REPEAT_LAST_N):
+                 max_tokens: int = 64, n_ctx: int = 4096):
         self.model = model
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.grammar = None
@@ -128,7 +126,7 @@ class Sampler:
             bias.update({t: -math.inf for t in model.eog_tokens()})
         # Greedy without penalties or a grammar is an argmax over the logits row (with
         # the few biased entries adjusted in place): no 262k-entry candidate array.
-        self.argmax = (s.temperature <= 0 and not s.grammar and s.repeat_penalty == 1.0
+        self.argmax = (s.temperature <= 0 and not s.grammar and (s.repeat_penalty == 1.0 or not s.repeat_last_n)
                        and not s.presence_penalty and not s.frequency_penalty)
         if self.argmax:
             self._bias_ids = np.fromiter(bias, dtype=np.int64, count=len(bias))
@@ -137,10 +135,11 @@ class Sampler:
         if bias:
             arr = (ll.llama_logit_bias * len(bias))(*[ll.llama_logit_bias(t, b) for t, b in bias.items()])
             self._add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(bias), arr))
-        if s.repeat_penalty != 1.0:
-            # llama.cpp's: the last 64 tokens, the prompt's among them (as llama-server counts)
-            repeat = ll.llama_sampler_init_penalties(model.n_vocab, self.REPEAT_LAST_N, s.repeat_penalty, 0.0, 0.0)
-            for token in (prompt or [])[-self.REPEAT_LAST_N:]:
+        last_n = n_ctx if s.repeat_last_n < 0 else min(s.repeat_last_n, n_ctx)
+        if s.repeat_penalty != 1.0 and last_n:
+            # llama.cpp's: the last repeat_last_n tokens, the prompt's among them (as llama-server)
+            repeat = ll.llama_sampler_init_penalties(model.n_vocab, last_n, s.repeat_penalty, 0.0, 0.0)
+            for token in (prompt or [])[-last_n:]:
                 ll.llama_sampler_accept(repeat, token)
             self._add(repeat)
         if s.presence_penalty or s.frequency_penalty:
@@ -377,7 +376,8 @@ class Engine:
         samplers = []
         try:
             for k in range(req.n):
-                samplers.append(Sampler(self.model, req.sampling, seed + k, req.prompt, req.max_tokens))
+                samplers.append(Sampler(self.model, req.sampling, seed + k, req.prompt, req.max_tokens,
+                                        self.n_ctx_seq))
         except EngineError:
             for smp in samplers:
                 smp.close()

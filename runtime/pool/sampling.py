@@ -15,6 +15,7 @@ class Sampling:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # tokens repeat_penalty looks back on (-1: the context, 0: none)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
@@ -25,5 +26,5 @@ class Sampling:
 
 DEFAULT = Sampling()
 # what a request carries to the worker as such (logit_bias and grammar are added when set)
-PAYLOAD_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+PAYLOAD_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
                   "frequency_penalty", "seed", "ignore_eos")

@@ -434,6 +434,19 @@ def test_a_seed_reproduces_a_sampled_text(sdk):
     assert others - {first}  # other seeds draw other texts
 
 
+def test_repeat_last_n_sets_how_far_the_repeat_penalty_looks_back(sdk):
+    body = dict(model=MODEL, prompt="yes yes yes yes yes yes yes yes", max_tokens=8, temperature=0)
+    plain = sdk.completions.create(**body, extra_body={"ignore_eos": True}).choices[0].text
+    off = sdk.completions.create(**body, extra_body={"ignore_eos": True, "repeat_penalty": 1.5,
+                                                     "repeat_last_n": 0}).choices[0].text
+    whole = sdk.completions.create(**body, extra_body={"ignore_eos": True, "repeat_penalty": 1.5,
+                                                       "repeat_last_n": -1}).choices[0].text
+    assert off == plain  # 0 looks at nothing: no penalty
+    assert whole.split()[0] != "yes"  # -1 looks at the whole context, the prompt's "yes" too
+    with pytest.raises(openai.BadRequestError, match="repeat_last_n"):
+        sdk.completions.create(**body, extra_body={"repeat_last_n": -2})
+
+
 @pytest.mark.parametrize("narrow", [{"top_p": 1e-6}, {"extra_body": {"top_k": 1}}, {"extra_body": {"min_p": 1.0}}])
 def test_a_sampler_that_keeps_one_token_gives_the_greedy_text(sdk, narrow):
     body = dict(model=MODEL, prompt="Once upon a time", max_tokens=24, extra_body={"ignore_eos": True})

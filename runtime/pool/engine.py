@@ -116,8 +116,8 @@ class Sampler:
     the token against the grammar, and only constrain the whole vocabulary when
     it was rejected (a grammar over 262k candidates every token is slow)."""
 
-    def __init__(self, model: Model, s: Sampling, seed: int, prompt: list[int] | None = None,
-                 max_tokens: int = 64, n_ctx: int = 4096):
+    def __init__(self, model: Model, s: Sampling, seed: int, *, prompt: list[int], max_tokens: int,
+                 n_ctx: int):
         self.model = model
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.grammar = None
@@ -139,7 +139,7 @@ class Sampler:
         if s.repeat_penalty != 1.0 and last_n:
             # llama.cpp's: the last repeat_last_n tokens, the prompt's among them (as llama-server)
             repeat = ll.llama_sampler_init_penalties(model.n_vocab, last_n, s.repeat_penalty, 0.0, 0.0)
-            for token in (prompt or [])[-last_n:]:
+            for token in prompt[-last_n:]:
                 ll.llama_sampler_accept(repeat, token)
             self._add(repeat)
         if s.presence_penalty or s.frequency_penalty:
@@ -376,8 +376,8 @@ class Engine:
         samplers = []
         try:
             for k in range(req.n):
-                samplers.append(Sampler(self.model, req.sampling, seed + k, req.prompt, req.max_tokens,
-                                        self.n_ctx_seq))
+                samplers.append(Sampler(self.model, req.sampling, seed + k, prompt=req.prompt,
+                                        max_tokens=req.max_tokens, n_ctx=self.n_ctx_seq))
         except EngineError:
             for smp in samplers:
                 smp.close()

@@ -179,6 +179,7 @@ def test_prefix_reuse_reports_cached_tokens(sdk, tokenizer):
 
 
 def test_n_choices_are_generated_in_parallel(sdk, engine_gw):
+    sdk.completions.create(model=MODEL, prompt="warm up", max_tokens=1)
     before = engine_stats(engine_gw)["decode_calls"]
     reply = sdk.completions.create(model=MODEL, prompt="Three words about the sea:", max_tokens=16, n=3,
                                    temperature=1.0, seed=11, extra_body={"ignore_eos": True})
